@@ -1,0 +1,31 @@
+"""Write the HematoVision JSON metadata into a TFLite flatbuffer (needs TensorFlow)."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from edge_app.metadata import FORMAT, METADATA_NAME
+
+
+def embed_metadata(tflite_bytes: bytes, metadata: dict[str, Any]) -> bytes:
+    """Return the model with `metadata` stored as JSON under METADATA_NAME (replacing any earlier copy)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite_bytes))
+    document = json.dumps({"format": FORMAT, **metadata}, sort_keys=True).encode("utf-8")
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(document, dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if _name(m) != METADATA_NAME] + [entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _name(meta: Any) -> str:
+    name = meta.name
+    return name.decode("utf-8") if isinstance(name, bytes) else str(name)

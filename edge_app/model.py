@@ -1,0 +1,131 @@
+"""Load a TFLite classifier and run it: any of float32, float16, dynamic-range or full-integer."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_app.metadata import ModelFileError, read_model_metadata
+from edge_app.vision import CropSettings
+
+
+def interpreter_class() -> tuple[type, str]:
+    """The first TFLite interpreter available: ai_edge_litert, tflite_runtime, tensorflow.lite."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+        return Interpreter, "tflite-runtime"
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+        return tf.lite.Interpreter, "tensorflow"
+    except ImportError:
+        pass
+    raise RuntimeError("no TFLite interpreter found: install one with  pip install \".[edge]\"  (ai-edge-litert)")
+
+
+def runtime_version(runtime: str) -> str:
+    """Installed version of the interpreter package, for reports."""
+    from importlib.metadata import PackageNotFoundError, version
+    for dist in {"ai-edge-litert": ["ai-edge-litert"], "tflite-runtime": ["tflite-runtime"],
+                 "tensorflow": ["tensorflow", "tensorflow-cpu"]}[runtime]:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of logits / temperature, numerically stable."""
+    z = np.asarray(logits, np.float64) / temperature
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class Classifier:
+    """A HematoVision TFLite model: labels and crop settings come from the file itself."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        self.path = Path(path)
+        self.metadata: dict[str, Any] = read_model_metadata(self.path)
+        self.labels: list[str] = list(self.metadata["labels"])
+        self.crop_settings = CropSettings.from_dict(self.metadata.get("crop", {}))
+        self.input_size = int(self.metadata.get("input_size", self.crop_settings.input_size))
+        if self.crop_settings.input_size != self.input_size:
+            self.crop_settings = CropSettings.from_dict({**self.crop_settings.to_dict(), "input_size": self.input_size})
+        self.output_kind = self.metadata.get("output", "logits")
+        if self.output_kind not in ("logits", "probabilities"):
+            raise ModelFileError(f"{self.path}: metadata 'output' must be logits or probabilities")
+        self.temperature = float(self.metadata.get("temperature", 1.0))
+        self.threads = threads or os.cpu_count() or 1
+        interpreter, self.runtime = interpreter_class()
+        try:
+            self._interp = interpreter(model_path=str(self.path), num_threads=self.threads)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelFileError(f"{self.path}: the TFLite runtime cannot load it: {exc}") from exc
+        inputs, outputs = self._interp.get_input_details(), self._interp.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelFileError(f"{self.path}: expected one input and one output tensor")
+        self._in, self._out = inputs[0], outputs[0]
+        shape = tuple(int(v) for v in self._in["shape"])
+        if len(shape) != 4 or shape[1:] != (self.input_size, self.input_size, 3):
+            raise ModelFileError(f"{self.path}: input shape {shape} does not match the pipeline's "
+                                 f"(1, {self.input_size}, {self.input_size}, 3)")
+        if int(self._out["shape"][-1]) != len(self.labels):
+            raise ModelFileError(f"{self.path}: {int(self._out['shape'][-1])} outputs but {len(self.labels)} labels")
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def input_dtype(self) -> str:
+        return np.dtype(self._in["dtype"]).name
+
+    @property
+    def output_dtype(self) -> str:
+        return np.dtype(self._out["dtype"]).name
+
+    def _quantise_input(self, rgb: np.ndarray) -> np.ndarray:
+        dtype = self._in["dtype"]
+        if np.issubdtype(dtype, np.floating):
+            return rgb.astype(dtype)
+        scale, zero = self._in["quantization"]
+        if scale == 0:
+            return rgb.astype(dtype)
+        info = np.iinfo(dtype)
+        q = np.round(rgb.astype(np.float32) / scale + zero)
+        return np.clip(q, info.min, info.max).astype(dtype)
+
+    def raw_outputs(self, rgb: np.ndarray) -> np.ndarray:
+        """Dequantised model outputs (logits or probabilities) for one RGB uint8 crop S x S x 3."""
+        if rgb.shape != (self.input_size, self.input_size, 3):
+            raise ValueError(f"crop shape {rgb.shape}, model wants {(self.input_size, self.input_size, 3)}")
+        self._interp.set_tensor(self._in["index"], self._quantise_input(rgb)[None])
+        self._interp.invoke()
+        out = self._interp.get_tensor(self._out["index"])[0]
+        scale, zero = self._out["quantization"]
+        if not np.issubdtype(out.dtype, np.floating):
+            out = (out.astype(np.float32) - zero) * (scale if scale else 1.0)
+        return out.astype(np.float32)
+
+    def probabilities(self, raw: np.ndarray, temperature: float | None = None) -> np.ndarray:
+        """Calibrated class probabilities from raw outputs (sum to 1)."""
+        t = self.temperature if temperature is None else temperature
+        if self.output_kind == "probabilities":
+            return softmax(np.log(np.clip(raw, 1e-7, None)), t)
+        return softmax(raw, t)
+
+    def predict(self, rgb: np.ndarray) -> np.ndarray:
+        """Class probabilities for one RGB uint8 crop."""
+        return self.probabilities(self.raw_outputs(rgb))
