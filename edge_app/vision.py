@@ -115,3 +115,11 @@ def crop_for_model(bgr: np.ndarray, box: Box, input_size: int) -> np.ndarray:
     interp = cv2.INTER_AREA if crop.shape[0] > input_size else cv2.INTER_LINEAR
     crop = cv2.resize(crop, (input_size, input_size), interpolation=interp)
     return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+
+
+def largest_cell_crop(bgr: np.ndarray, settings: CropSettings) -> tuple[np.ndarray | None, Box | None]:
+    """The model input for the largest located cell, as used for labelled one-cell images."""
+    boxes = locate_cells(bgr, settings)
+    if not boxes:
+        return None, None
+    return crop_for_model(bgr, boxes[0], settings.input_size), boxes[0]

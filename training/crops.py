@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_app.vision import CropSettings, crop_for_model, locate_cells
+from edge_app.vision import CropSettings, largest_cell_crop
 
 
 def crop_image_file(path: str, settings: CropSettings) -> tuple[np.ndarray | None, str]:
@@ -17,10 +17,8 @@ def crop_image_file(path: str, settings: CropSettings) -> tuple[np.ndarray | Non
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is None:
         return None, "unreadable image"
-    boxes = locate_cells(bgr, settings)
-    if not boxes:
-        return None, "no stained cell found"
-    return crop_for_model(bgr, boxes[0], settings.input_size), ""
+    crop, _ = largest_cell_crop(bgr, settings)
+    return (crop, "") if crop is not None else (None, "no stained cell found")
 
 
 def _cache_key(paths: list[str], settings: CropSettings) -> str:
@@ -47,7 +45,7 @@ def cached_crops(paths: list[str], settings: CropSettings, cache_dir: Path,
         if crop is not None:
             crops[i] = crop
         reasons.append(reason)
-        if progress and (i + 1) % 500 == 0 or i + 1 == len(paths):
+        if progress and ((i + 1) % 500 == 0 or i + 1 == len(paths)):
             print(f"\rcropping cells: {i + 1}/{len(paths)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     tmp = cache_file.with_suffix(".tmp.npz")

@@ -5,16 +5,12 @@ from pathlib import Path
 
 import pandas as pd
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+from edge_app.dataset import images_in
 SPLIT_NAMES = {"train": "train", "test": "test", "val": "val", "validation": "val"}
 
 
 class DatasetError(ValueError):
     """The dataset cannot be used; the message says why and names the files."""
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def read_folder(root: Path) -> pd.DataFrame:
@@ -28,10 +24,10 @@ def read_folder(root: Path) -> pd.DataFrame:
     if split_dirs:
         for split_dir in split_dirs:
             for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-                rows += [(str(f), class_dir.name, SPLIT_NAMES[split_dir.name.lower()]) for f in _images_in(class_dir)]
+                rows += [(str(f), class_dir.name, SPLIT_NAMES[split_dir.name.lower()]) for f in images_in(class_dir)]
     else:
         for class_dir in subdirs:
-            rows += [(str(f), class_dir.name, "train") for f in _images_in(class_dir)]
+            rows += [(str(f), class_dir.name, "train") for f in images_in(class_dir)]
     if not rows:
         raise DatasetError(f"no images under {root}: expected <CLASS>/*.jpg or TRAIN/<CLASS>/*.jpg")
     return pd.DataFrame(rows, columns=["filepath", "label", "split"])

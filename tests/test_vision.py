@@ -1,0 +1,38 @@
+"""Localisation and crop: the single definition of what the model sees."""
+import numpy as np
+
+from conftest import make_smear
+from edge_app.vision import Box, CropSettings, crop_for_model, locate_cells
+
+
+def test_one_cell_box_contains_nucleus():
+    boxes = locate_cells(make_smear(cells=[(100, 120, 28)]), CropSettings())
+    assert len(boxes) == 1
+    b = boxes[0]
+    assert b.x0 < 100 - 28 and b.x1 > 100 + 28 and b.y0 < 120 - 28 and b.y1 > 120 + 28
+
+
+def test_no_cell_gives_no_box():
+    assert locate_cells(make_smear(cells=[]), CropSettings()) == []
+
+
+def test_several_cells_and_platelets_ignored():
+    frame = make_smear(640, 480, cells=[(120, 120, 45), (480, 300, 50), (300, 400, 5)], seed=3)
+    boxes = locate_cells(frame, CropSettings())
+    assert len(boxes) == 2  # the 5-px "platelet" is not a cell
+    centres = sorted(((b.x0 + b.x1) // 2, (b.y0 + b.y1) // 2) for b in boxes)
+    assert abs(centres[0][0] - 120) < 10 and abs(centres[1][0] - 480) < 10
+
+
+def test_crop_is_rgb_square_and_pads_outside_frame():
+    frame = np.zeros((50, 50, 3), np.uint8)
+    frame[:, :, 0] = 255  # pure blue in BGR
+    crop = crop_for_model(frame, Box(-10, -10, 40, 40, 0), 32)
+    assert crop.shape == (32, 32, 3) and crop.dtype == np.uint8
+    assert crop[-1, -1].tolist() == [0, 0, 255]  # RGB: blue is the last channel
+    assert crop[0, 0].tolist() == [0, 0, 0]      # outside the frame is black
+
+
+def test_settings_round_trip_ignores_unknown_keys():
+    s = CropSettings(input_size=160, crop_scale=2.0)
+    assert CropSettings.from_dict({**s.to_dict(), "future_key": 1}) == s
