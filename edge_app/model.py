@@ -66,6 +66,8 @@ class Classifier:
         if self.output_kind not in ("logits", "probabilities"):
             raise ModelFileError(f"{self.path}: metadata 'output' must be logits or probabilities")
         self.temperature = float(self.metadata.get("temperature", 1.0))
+        # Below this calibrated confidence a cell is answered UNCERTAIN (0 = always answer).
+        self.min_confidence = float(self.metadata.get("min_confidence") or 0.0)
         self.threads = threads or os.cpu_count() or 1
         interpreter, self.runtime = interpreter_class()
         try:

@@ -10,15 +10,23 @@ from edge_app.model import Classifier
 from edge_app.vision import Box, crop_for_model, locate_cells
 
 
+UNCERTAIN = "UNCERTAIN"
+
+
 @dataclass
 class CellResult:
     """One located cell and the model's answer for it."""
 
     box: Box
     probabilities: np.ndarray  # calibrated, in the order of Classifier.labels
-    label: str
-    confidence: float
+    predicted: str             # the most probable class
+    confidence: float          # its calibrated probability
+    label: str                 # `predicted`, or UNCERTAIN when confidence < the model's threshold
     invoke_ms: float
+
+    @property
+    def uncertain(self) -> bool:
+        return self.label == UNCERTAIN
 
 
 @dataclass
@@ -36,9 +44,15 @@ def classify_crop(classifier: Classifier, rgb: np.ndarray) -> tuple[np.ndarray, 
     return probs, classifier.labels[top], float(probs[top])
 
 
-def classify_frame(classifier: Classifier, bgr: np.ndarray) -> FrameResult:
+def decide(label: str, confidence: float, min_confidence: float) -> str:
+    """The answer to report: the class, or UNCERTAIN below the confidence threshold."""
+    return label if confidence >= min_confidence else UNCERTAIN
+
+
+def classify_frame(classifier: Classifier, bgr: np.ndarray, min_confidence: float | None = None) -> FrameResult:
     """Locate every stained cell in a BGR frame and classify each one."""
     settings = classifier.crop_settings
+    threshold = classifier.min_confidence if min_confidence is None else min_confidence
     t0 = time.perf_counter()
     boxes = locate_cells(bgr, settings)
     t1 = time.perf_counter()
@@ -48,7 +62,8 @@ def classify_frame(classifier: Classifier, bgr: np.ndarray) -> FrameResult:
     for box, crop in zip(boxes, crops):
         start = time.perf_counter()
         probs, label, confidence = classify_crop(classifier, crop)
-        cells.append(CellResult(box, probs, label, confidence, (time.perf_counter() - start) * 1000))
+        answer = decide(label, confidence, threshold)
+        cells.append(CellResult(box, probs, label, confidence, answer, (time.perf_counter() - start) * 1000))
     t3 = time.perf_counter()
     timings = {"localise": (t1 - t0) * 1000, "preprocess": (t2 - t1) * 1000, "invoke": (t3 - t2) * 1000}
     return FrameResult(cells, timings)
