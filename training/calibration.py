@@ -1,0 +1,75 @@
+"""Temperature scaling, expected calibration error and the abstention threshold (numpy only)."""
+from __future__ import annotations
+
+import numpy as np
+
+from edge_app.model import softmax
+
+
+def nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
+    """Mean negative log-likelihood of the true labels at a temperature."""
+    p = softmax(logits, temperature)
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))))
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The temperature minimising validation NLL (log-spaced grid, then a finer grid)."""
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 121))
+    best = min(grid, key=lambda t: nll(logits, y, t))
+    fine = best * np.exp(np.linspace(-0.06, 0.06, 61))
+    return float(min(fine, key=lambda t: nll(logits, y, t)))
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """ECE with equal-width confidence bins: the weighted mean |accuracy - confidence|."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def reliability_bins(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> list[dict]:
+    """Per-bin count, mean confidence and accuracy, for the reliability diagram."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        out.append({"lo": float(lo), "hi": float(hi), "count": int(in_bin.sum()),
+                    "confidence": float(confidence[in_bin].mean()) if in_bin.any() else None,
+                    "accuracy": float(correct[in_bin].mean()) if in_bin.any() else None})
+    return out
+
+
+def risk_coverage(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thresholds, coverage, accuracy of answered) when answering only confidence >= threshold."""
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y).astype(float)
+    order = np.argsort(-confidence)
+    answered = np.arange(1, len(y) + 1)
+    return confidence[order], answered / len(y), np.cumsum(correct[order]) / answered
+
+
+def choose_threshold(probs: np.ndarray, y: np.ndarray, target_accuracy: float = 0.98) -> float:
+    """Lowest confidence threshold whose answered cells reach target_accuracy (on validation)."""
+    thresholds, _, accuracy = risk_coverage(probs, y)
+    ok = np.flatnonzero(accuracy >= target_accuracy)
+    if len(ok) == 0:
+        return 1.0
+    # The largest answered set still at target accuracy, and every smaller set from there on.
+    last_good = ok[-1]
+    return float(thresholds[last_good])
+
+
+def coverage_at(probs: np.ndarray, y: np.ndarray, threshold: float) -> tuple[float, float | None]:
+    """(share of cells answered, accuracy on them) at a confidence threshold."""
+    answered = probs.max(axis=1) >= threshold
+    if not answered.any():
+        return 0.0, None
+    return float(answered.mean()), float((probs.argmax(axis=1)[answered] == y[answered]).mean())

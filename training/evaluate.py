@@ -1,0 +1,82 @@
+"""Final evaluation: validation and (only now) TEST metrics, temperature, threshold, figures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from edge_app.model import softmax
+from training import calibration, plots
+from training.metrics import classification_report
+
+TARGET_ANSWERED_ACCURACY = 0.98
+
+
+def predict_logits(model, crops: np.ndarray, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Logits for crops[rows], in batches, no augmentation."""
+    parts = [np.asarray(model(crops[rows[i:i + batch_size]].astype(np.float32), training=False))
+             for i in range(0, len(rows), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+def _split_report(name: str, frame: pd.DataFrame, y: np.ndarray, logits_by_row: dict[int, np.ndarray],
+                  labels: list[str], temperature: float, threshold: float, out_dir: Path) -> dict:
+    rows = np.flatnonzero(frame["split"].to_numpy() == name)
+    located = [r for r in rows if r in logits_by_row]
+    y_all = y[rows]
+    pred = np.array([int(np.argmax(logits_by_row[r])) if r in logits_by_row else -1 for r in rows])
+    report = classification_report(y_all, pred, labels)
+    report["n_located"] = len(located)
+    report["accuracy_located"] = round(float(np.mean(pred[pred >= 0] == y_all[pred >= 0])), 4) if located else None
+    logits = np.stack([logits_by_row[r] for r in located])
+    y_loc = y[located]
+    before, after = softmax(logits), softmax(logits, temperature)
+    coverage, answered_accuracy = calibration.coverage_at(after, y_loc, threshold)
+    report["calibration"] = {
+        "ece_before": round(calibration.expected_calibration_error(before, y_loc), 4),
+        "ece_after": round(calibration.expected_calibration_error(after, y_loc), 4),
+        "coverage_at_threshold": round(coverage, 4),
+        "accuracy_answered_at_threshold": None if answered_accuracy is None else round(answered_accuracy, 4),
+        "reliability_before": calibration.reliability_bins(before, y_loc),
+        "reliability_after": calibration.reliability_bins(after, y_loc),
+    }
+    plots.confusion_png(report["confusion"]["matrix"], labels, out_dir / f"confusion_{name}.png",
+                        f"{name}: accuracy {report['accuracy']:.3f}")
+    return report
+
+
+def evaluate_and_calibrate(model, crops: np.ndarray, y: np.ndarray, frame: pd.DataFrame, labels: list[str],
+                           out_dir: Path) -> dict:
+    """Fit temperature and threshold on validation, then report every split (TEST last, untouched before)."""
+    out_dir = Path(out_dir)
+    usable = (frame["reason"] == "").to_numpy()
+    split = frame["split"].to_numpy()
+    val_rows = np.flatnonzero(usable & (split == "val"))
+    val_logits = predict_logits(model, crops, val_rows)
+    temperature = calibration.fit_temperature(val_logits, y[val_rows])
+    threshold = calibration.choose_threshold(softmax(val_logits, temperature), y[val_rows], TARGET_ANSWERED_ACCURACY)
+    logits_by_row = dict(zip(val_rows.tolist(), val_logits))
+    test_rows = np.flatnonzero(usable & (split == "test"))
+    logits_by_row.update(zip(test_rows.tolist(), predict_logits(model, crops, test_rows)))  # TEST: first touch
+    report = {"labels": labels, "calibration": {"temperature": round(temperature, 4), "min_confidence": round(threshold, 4),
+                                                "target_answered_accuracy": TARGET_ANSWERED_ACCURACY,
+                                                "fitted_on": "val"}, "splits": {}}
+    curves, points, reliability = {}, {}, {}
+    for name in ("val", "test"):
+        if not (split == name).any():
+            continue
+        part = _split_report(name, frame, y, logits_by_row, labels, temperature, threshold, out_dir)
+        report["splits"][name] = part
+        located = [r for r in np.flatnonzero(split == name) if r in logits_by_row]
+        probs = softmax(np.stack([logits_by_row[r] for r in located]), temperature)
+        _, coverage, accuracy = calibration.risk_coverage(probs, y[located])
+        curves[name] = (coverage, accuracy)
+        cal = part["calibration"]
+        if cal["accuracy_answered_at_threshold"] is not None:
+            points[name] = (cal["coverage_at_threshold"], cal["accuracy_answered_at_threshold"])
+        reliability[f"{name} before (ECE {cal['ece_before']:.3f})"] = cal["reliability_before"]
+        reliability[f"{name} after T={temperature:.2f} (ECE {cal['ece_after']:.3f})"] = cal["reliability_after"]
+    plots.reliability_png(reliability, out_dir / "reliability.png", "Reliability before/after temperature scaling")
+    plots.risk_coverage_png(curves, points, out_dir / "risk_coverage.png", "Risk-coverage")
+    return report

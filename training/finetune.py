@@ -1,0 +1,104 @@
+"""Phase 2: fine-tune the top of the backbone at a low learning rate, augmenting in tf.data."""
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from training.augment import augment
+
+
+def make_dataset(crops: np.ndarray, y: np.ndarray, rows: np.ndarray, batch_size: int, training: bool, seed: int):
+    """tf.data over rows of the in-memory crop array; shuffled and augmented when training."""
+    import tensorflow as tf
+    size = crops.shape[1]
+
+    def load(row):
+        image = tf.numpy_function(lambda r: crops[r], [row], tf.uint8)
+        image.set_shape((size, size, 3))
+        return image, tf.numpy_function(lambda r: y[r].astype(np.int32), [row], tf.int32)
+
+    ds = tf.data.Dataset.from_tensor_slices(np.asarray(rows, np.int64))
+    if training:
+        ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if training:
+        counter = tf.data.Dataset.counter()
+        ds = tf.data.Dataset.zip((ds, counter)).map(
+            lambda xy, i: (augment(xy[0], tf.stack([tf.cast(seed, tf.int64), i])), tf.reshape(xy[1], [])),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        ds = ds.map(lambda x, label: (tf.cast(x, tf.float32), tf.reshape(label, [])))
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _best_val_loss(history_csv: Path) -> float | None:
+    if not history_csv.exists():
+        return None
+    with history_csv.open() as f:
+        losses = [float(r["val_loss"]) for r in csv.DictReader(f) if r.get("val_loss")]
+    return min(losses) if losses else None
+
+
+class EpochSummary:
+    """Keras callback printing one line per epoch (the progress bar shows the steps)."""
+
+    def __new__(cls):
+        import keras
+
+        class _Summary(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                print(f"fine-tune epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()),
+                      file=sys.stderr, flush=True)
+        return _Summary()
+
+
+def finetune(model, crops: np.ndarray, y: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
+             config, class_weight: dict[int, float] | None, out_dir: Path) -> None:
+    """Unfreeze the backbone from config.finetune_from; keep the weights with the lowest validation loss.
+
+    Restartable: BackupAndRestore resumes an interrupted epoch loop and the best checkpoint
+    (by validation loss, also across restarts) is what the model ends with.
+    """
+    import keras
+
+    from training.model import unfreeze_top
+
+    out_dir = Path(out_dir)
+    best = out_dir / "checkpoints" / "best.weights.h5"
+    done = out_dir / "checkpoints" / "finetune.done"
+    best.parent.mkdir(parents=True, exist_ok=True)
+    if config.finetune_epochs <= 0:
+        return
+    unfreeze_top(model, config.finetune_from)
+    model.compile(optimizer=keras.optimizers.Adam(config.finetune_lr),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    if done.exists():
+        model.load_weights(best)
+        print("fine-tune: already finished, restored the best checkpoint", file=sys.stderr)
+        return
+    history_csv = out_dir / "history.csv"
+    train_ds = make_dataset(crops, y, train_rows, config.batch_size, True, config.seed)
+    val_ds = make_dataset(crops, y, val_rows, config.batch_size, False, config.seed)
+    threshold = _best_val_loss(history_csv)
+    if not best.exists():
+        model.save_weights(best)  # the head-only model is the baseline to beat
+        threshold = float(model.evaluate(val_ds, verbose=0)[0])
+        print(f"fine-tune: head-only validation loss {threshold:.4f}", file=sys.stderr)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(out_dir / "checkpoints" / "backup")),
+        keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=threshold),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
+        keras.callbacks.CSVLogger(str(history_csv), append=True),
+        EpochSummary(),
+    ]
+    print(f"fine-tune: from {config.finetune_from}, lr {config.finetune_lr}, up to {config.finetune_epochs} epochs",
+          file=sys.stderr)
+    model.fit(train_ds, validation_data=val_ds, epochs=config.finetune_epochs, class_weight=class_weight,
+              callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 0)
+    model.load_weights(best)
+    done.touch()

@@ -1,0 +1,63 @@
+"""The classifier: MobileNetV2 backbone, pixel scaling inside the graph, pooling, dropout, logits."""
+from __future__ import annotations
+
+from pathlib import Path
+
+BACKBONE_NAME = "mobilenetv2_1.00"
+
+
+class WeightsError(ValueError):
+    """The backbone weights cannot be loaded; the message says what to pass instead."""
+
+
+def _backbone(input_size: int, weights: str | None):
+    import keras
+    source = None if weights in (None, "none") else weights
+    if source not in (None, "imagenet") and not Path(source).is_file():
+        raise WeightsError(f"backbone weights file not found: {source}")
+    try:
+        return keras.applications.MobileNetV2(input_shape=(input_size, input_size, 3), include_top=False,
+                                              weights=source, alpha=1.0)
+    except Exception as exc:  # download failures surface as several exception types
+        if source == "imagenet":
+            raise WeightsError("could not download the ImageNet MobileNetV2 weights (offline?). Pass a local "
+                               "Keras weights file instead, e.g. --weights "
+                               "../shared/weights/mobilenetv2_1.0_no_top.weights.h5, or --weights none") from exc
+        raise WeightsError(f"could not load backbone weights from {source}: {exc}") from exc
+
+
+def build_model(num_classes: int, input_size: int = 224, weights: str | None = "imagenet", dropout: float = 0.3):
+    """A Keras model taking RGB pixels in [0, 255] and returning logits (softmax is the runtime's job)."""
+    import keras
+    inputs = keras.Input((input_size, input_size, 3), name="rgb_0_255")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_pm1")(inputs)
+    backbone = _backbone(input_size, weights)
+    backbone.trainable = False
+    x = backbone(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="wbc_mobilenetv2")
+
+
+def backbone_of(model):
+    """The MobileNetV2 sub-model inside a model built by build_model."""
+    import keras
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def unfreeze_top(model, first_layer: str) -> int:
+    """Make the backbone trainable from `first_layer` on, BatchNorm excluded; returns layers unfrozen."""
+    import keras
+    backbone = backbone_of(model)
+    backbone.trainable = True
+    names = [layer.name for layer in backbone.layers]
+    if first_layer not in names:
+        raise ValueError(f"no backbone layer named {first_layer!r}; e.g. block_13_expand, block_15_expand")
+    start = names.index(first_layer)
+    unfrozen = 0
+    for i, layer in enumerate(backbone.layers):
+        trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = trainable
+        unfrozen += int(trainable and bool(layer.weights))
+    return unfrozen

@@ -1,0 +1,67 @@
+"""PNG figures for reports: confusion matrix, reliability diagram, risk-coverage curve."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def confusion_png(matrix: list[list[int]], labels: list[str], path: Path, title: str) -> None:
+    """Heat map of a confusion matrix with counts in the cells."""
+    plt = _pyplot()
+    m = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", color="white" if m[i, j] > m.max() / 2 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def reliability_png(curves: dict[str, list[dict]], path: Path, title: str) -> None:
+    """Accuracy against confidence per bin, one line per named set of bins."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    for name, bins in curves.items():
+        pts = [(b["confidence"], b["accuracy"]) for b in bins if b["count"]]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def risk_coverage_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], threshold_points: dict[str, tuple[float, float]],
+                      path: Path, title: str) -> None:
+    """Accuracy of answered cells against coverage, with the stored threshold marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for name, (coverage, accuracy) in curves.items():
+        ax.plot(coverage, accuracy, label=name)
+    for name, (coverage, accuracy) in threshold_points.items():
+        ax.plot([coverage], [accuracy], "o", label=f"{name} at stored threshold")
+    ax.set_xlabel("coverage (share of cells answered)")
+    ax.set_ylabel("accuracy on answered cells")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,144 @@
+"""Train the white blood cell classifier: cached crops, grouped validation, head then fine-tune.
+
+TEST (split == "test") is read only by the final evaluation: no early stopping, checkpoint,
+temperature or threshold is ever chosen on it.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from edge_app.vision import CropSettings
+from training.crops import cached_crops
+from training.data import class_counts, read_dataset
+from training.groups import grouped_stratified_split, recover_groups
+
+
+@dataclass
+class TrainConfig:
+    """Every choice of a training run; saved with the model so a run can be reproduced."""
+
+    input_size: int = 224
+    weights: str = "imagenet"
+    batch_size: int = 32
+    head_epochs: int = 30
+    head_lr: float = 1e-3
+    finetune_epochs: int = 8
+    finetune_lr: float = 3e-5
+    finetune_from: str = "block_13_expand"
+    dropout: float = 0.3
+    val_fraction: float = 0.2
+    patience: int = 2
+    seed: int = 0
+    group_similarity: float = 0.9
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float] | None:
+    """Inverse-frequency class weights, or None when classes are balanced within 10 %."""
+    counts = np.bincount(labels, minlength=num_classes).astype(float)
+    if counts.min() == 0 or counts.max() / counts.min() <= 1.1:
+        return None
+    return {i: float(counts.sum() / (num_classes * c)) for i, c in enumerate(counts)}
+
+
+def prepare_rows(frame: pd.DataFrame, settings: CropSettings, cache_dir: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """Crop every image once (cached) and drop, with a listing, those that cannot be used."""
+    crops, reasons = cached_crops(list(frame["filepath"]), settings, cache_dir)
+    frame = frame.assign(reason=reasons)
+    skipped = frame[frame["reason"] != ""]
+    if len(skipped):
+        _log(f"skipping {len(skipped)} image(s) without a usable cell, e.g. "
+             + ", ".join(f"{Path(p).name} ({r})" for p, r in skipped[["filepath", "reason"]].values[:5]))
+    return frame, crops
+
+
+def assign_validation(frame: pd.DataFrame, labels: np.ndarray, descriptors: np.ndarray | None,
+                      config: TrainConfig) -> pd.DataFrame:
+    """Mark validation rows: the given 'val' split, else a grouped stratified split of 'train'."""
+    frame = frame.copy()
+    if (frame["split"] == "val").any():
+        return frame
+    train_idx = np.flatnonzero((frame["split"] == "train") & (frame["reason"] == ""))
+    if frame["group"].notna().any():
+        groups = pd.factorize(frame["group"].fillna(frame["filepath"]))[0][train_idx]
+        _log(f"validation split grouped by the given 'group' column ({len(np.unique(groups))} groups)")
+    else:
+        groups = recover_groups(descriptors[train_idx], labels[train_idx], min_similarity=config.group_similarity)
+        frame.loc[frame.index[train_idx], "group"] = [f"auto{g}" for g in groups]
+        sizes = np.bincount(groups)
+        _log(f"recovered {len(sizes)} near-duplicate groups in training images "
+             f"(median size {int(np.median(sizes))}, largest {sizes.max()})")
+    is_val = grouped_stratified_split(labels[train_idx], groups, config.val_fraction, config.seed)
+    frame.loc[frame.index[train_idx[is_val]], "split"] = "val"
+    return frame
+
+
+def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Path | None = None) -> dict:
+    """Train, evaluate and save a model; returns the report (also written to report.json)."""
+    import keras
+    import tensorflow as tf
+
+    from training import evaluate, head, finetune
+    from training.features import feature_extractor, rotated_features
+    from training.model import build_model
+
+    started = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(cache_dir) if cache_dir else out_dir / "cache"
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+
+    frame = read_dataset(source)
+    _log("images per class and split:\n" + class_counts(frame).to_string())
+    labels_sorted = sorted(frame["label"].unique())
+    settings = CropSettings(input_size=config.input_size)
+    frame, crops = prepare_rows(frame, settings, cache_dir)
+    y = frame["label"].map({name: i for i, name in enumerate(labels_sorted)}).to_numpy()
+    usable = (frame["reason"] == "").to_numpy()
+
+    model = build_model(len(labels_sorted), config.input_size, config.weights, config.dropout)
+    fit_rows = np.flatnonzero(usable & (frame["split"] != "test").to_numpy())
+    feats_file = cache_dir / f"features_{config.input_size}_{Path(str(config.weights)).name}.npy"
+    if feats_file.exists():
+        feats = np.load(feats_file)
+    else:
+        feats = rotated_features(feature_extractor(model), crops[fit_rows], label="backbone features")
+        np.save(feats_file, feats)
+    descriptors = np.zeros((len(frame), feats.shape[-1]), np.float32)
+    descriptors[fit_rows] = feats.mean(axis=0)
+    frame = assign_validation(frame, y, descriptors, config)
+    split = frame["split"].to_numpy()
+    train_rows = np.flatnonzero(usable & (split == "train"))
+    val_rows = np.flatnonzero(usable & (split == "val"))
+    if len(val_rows) == 0:
+        raise ValueError("no validation images: need at least two groups per class in the training data")
+    _log(f"train {len(train_rows)} / validation {len(val_rows)} images")
+    frame.drop(columns=["reason"]).to_csv(out_dir / "splits.csv", index=False)
+
+    weights = class_weights(y[train_rows], len(labels_sorted))
+    position = {row: i for i, row in enumerate(fit_rows)}
+    head.train_head(model, feats, y[fit_rows], [position[r] for r in train_rows], [position[r] for r in val_rows],
+                    config, weights, out_dir)
+    finetune.finetune(model, crops, y, train_rows, val_rows, config, weights, out_dir)
+    model.save(out_dir / "model.keras")
+
+    report = evaluate.evaluate_and_calibrate(model, crops, y, frame, labels_sorted, out_dir)
+    metadata = {"labels": labels_sorted, "input_size": config.input_size, "output": "logits",
+                "crop": settings.to_dict(), "temperature": report["calibration"]["temperature"],
+                "min_confidence": report["calibration"]["min_confidence"],
+                "model_name": "wbc_mobilenetv2", "training": {"config": asdict(config), "source": str(source)}}
+    (out_dir / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    report["wall_time_s"] = round(time.time() - started, 1)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    return report
