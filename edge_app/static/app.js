@@ -1,0 +1,197 @@
+// HematoVision pages: upload and classify images, live view, session differential count.
+// Plain JavaScript, no build step. Text from the server is inserted with textContent only.
+"use strict";
+
+const body = document.body;
+const LABELS = JSON.parse(body.dataset.labels || "[]");
+const COLOURS = JSON.parse(body.dataset.colours || "[]");
+const MAX_BYTES = Number(body.dataset.maxBytes || 0);
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function pct(p) {
+  return (100 * p).toFixed(1) + " %";
+}
+
+function colourOf(label) {
+  const i = LABELS.indexOf(label);
+  return i < 0 ? "#808080" : COLOURS[i % COLOURS.length];
+}
+
+// ---- differential count (server-side, per browser session) ----
+function showDifferential(diff) {
+  const tbody = document.getElementById("diff-body");
+  if (!tbody) return;
+  tbody.replaceChildren();
+  for (const c of diff.classes) {
+    const tr = el("tr", c.label === "UNCERTAIN" ? "uncertain" : "");
+    const name = el("td");
+    const swatch = el("span", "swatch");
+    swatch.style.background = colourOf(c.label);
+    name.append(swatch, c.label === "UNCERTAIN" ? "uncertain" : c.label);
+    tr.append(name, el("td", "num", String(c.count)), el("td", "num", c.percent.toFixed(1)));
+    tbody.append(tr);
+  }
+  document.getElementById("diff-total").textContent = String(diff.total);
+}
+
+async function refreshDifferential() {
+  const r = await fetch("/api/session");
+  if (r.ok) showDifferential(await r.json());
+}
+
+const resetButton = document.getElementById("reset");
+if (resetButton) {
+  resetButton.addEventListener("click", async () => {
+    const r = await fetch("/api/session/reset", {method: "POST"});
+    if (r.ok) showDifferential(await r.json());
+    const results = document.getElementById("results");
+    if (results) results.replaceChildren();
+  });
+}
+
+// ---- upload page ----
+function probabilityBars(probabilities) {
+  const bars = el("div", "bars");
+  for (const label of LABELS) {
+    const p = probabilities[label] || 0;
+    const row = el("div", "bar-row");
+    row.dataset.label = label;
+    const track = el("div", "bar");
+    const fill = el("div", "fill");
+    fill.style.width = (100 * p).toFixed(1) + "%";
+    fill.style.background = colourOf(label);
+    track.append(fill);
+    row.append(el("span", "bar-label", label), track, el("span", "bar-value", pct(p)));
+    bars.append(row);
+  }
+  return bars;
+}
+
+function cellBlock(row, index, count) {
+  const block = el("div", "cell");
+  const answer = el("div", "answer");
+  if (count > 1) answer.append(el("span", "badge", "cell " + (index + 1)));
+  if (row.label === "UNCERTAIN") {
+    block.classList.add("is-uncertain");
+    const top = Object.entries(row.probabilities).sort((a, b) => b[1] - a[1]).slice(0, 2);
+    answer.append(el("strong", "label uncertain", "⚠ uncertain"),
+                  el("span", "top2", "top two: " + top.map(([l, p]) => l + " " + pct(p)).join(", ")));
+  } else {
+    const label = el("strong", "label", row.label);
+    label.style.color = colourOf(row.label);
+    answer.append(label, el("span", "conf", pct(row.confidence)));
+  }
+  block.append(answer, probabilityBars(row.probabilities));
+  return block;
+}
+
+function resultCard(file, data) {
+  const card = el("article", "card result");
+  const head = el("header");
+  head.append(el("span", "source", data.source));
+  const cells = data.rows.filter((r) => !r.error).length;
+  const ms = Object.values(data.timings_ms).reduce((a, b) => a + b, 0);
+  head.append(el("span", "muted", cells + (cells === 1 ? " cell" : " cells") + " · " + ms.toFixed(0) + " ms"));
+  card.append(head);
+  const img = el("img", "annotated");
+  img.alt = "annotated " + data.source;
+  img.src = data.annotated;
+  card.append(img);
+  if (cells === 0) {
+    card.append(el("p", "warning", "No stained white blood cell found in this image."));
+  }
+  data.rows.filter((r) => !r.error).forEach((row, i) => card.append(cellBlock(row, i, cells)));
+  return card;
+}
+
+function errorCard(name, message) {
+  const card = el("article", "card error-card");
+  card.append(el("span", "source", name), el("p", "error", message));
+  return card;
+}
+
+async function classifyFile(file) {
+  if (MAX_BYTES && file.size > MAX_BYTES) {
+    return errorCard(file.name, "too large: the limit is " + Math.round(MAX_BYTES / 1048576) + " MB");
+  }
+  const form = new FormData();
+  form.append("file", file, file.name);
+  let r;
+  try {
+    r = await fetch("/api/classify?annotated=1", {method: "POST", body: form});
+  } catch (err) {
+    return errorCard(file.name, "the server did not answer: " + err);
+  }
+  let data = null;
+  try { data = await r.json(); } catch (err) { /* not JSON */ }
+  if (!r.ok || !data) {
+    return errorCard(file.name, (data && data.error) || ("error " + r.status));
+  }
+  return resultCard(file, data);
+}
+
+async function classifyAll(files) {
+  const status = document.getElementById("status");
+  const results = document.getElementById("results");
+  const list = Array.from(files);
+  for (let i = 0; i < list.length; i++) {
+    status.textContent = "Classifying " + (i + 1) + " of " + list.length + ": " + list[i].name + " …";
+    results.prepend(await classifyFile(list[i]));
+    await refreshDifferential();
+  }
+  status.textContent = list.length ? "Done: " + list.length + (list.length === 1 ? " image." : " images.") : "";
+}
+
+const fileInput = document.getElementById("file");
+if (fileInput) {
+  fileInput.addEventListener("change", () => {
+    classifyAll(fileInput.files).finally(() => { fileInput.value = ""; });
+  });
+  const drop = document.getElementById("drop");
+  for (const type of ["dragenter", "dragover"]) {
+    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    drop.addEventListener(type, () => drop.classList.remove("over"));
+  }
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    classifyAll(e.dataTransfer.files);
+  });
+}
+
+// ---- live page ----
+async function pollLive() {
+  try {
+    const r = await fetch("/api/live");
+    const data = await r.json();
+    document.getElementById("fps").textContent = data.fps.toFixed(1) + " FPS";
+    document.getElementById("frame-cells").textContent = data.cells + (data.cells === 1 ? " cell" : " cells") + " in view";
+    document.getElementById("live-error").textContent = data.error || "";
+    const parts = data.frame.classes.filter((c) => c.count > 0)
+      .map((c) => (c.label === "UNCERTAIN" ? "uncertain" : c.label) + " " + c.count);
+    document.getElementById("frame-counts").textContent = parts.length ? "In view: " + parts.join(", ") : "";
+  } catch (err) {
+    document.getElementById("live-error").textContent = "server not answering";
+  }
+}
+
+const countButton = document.getElementById("count-frame");
+if (countButton) {
+  countButton.addEventListener("click", async () => {
+    const r = await fetch("/api/live/count", {method: "POST"});
+    const data = await r.json();
+    if (r.ok) showDifferential(data);
+    else document.getElementById("live-error").textContent = data.error;
+  });
+  pollLive();
+  setInterval(pollLive, 1000);
+}
+
+refreshDifferential();
