@@ -1,0 +1,144 @@
+"""The results of a run: one CSV row per cell, written as it is produced, and the end-of-run summary."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from edge_app.pipeline import UNCERTAIN, CellResult
+
+BASE_COLUMNS = ["source", "frame", "cell", "label", "predicted", "confidence",
+                "x0", "y0", "x1", "y1", "latency_ms", "error"]
+STAGES = ("decode", "localise", "preprocess", "invoke", "write")
+MAX_FAILURES_LISTED = 20
+
+
+def csv_columns(labels: list[str]) -> list[str]:
+    """The CSV header: the fixed columns, then p_<LABEL> per class in model order."""
+    return BASE_COLUMNS + [f"p_{label}" for label in labels]
+
+
+class CsvWriter:
+    """Writes the header once, then flushes every row so a power cut loses at most the row in progress."""
+
+    def __init__(self, path: str | Path, labels: list[str], fsync: bool = False):
+        self.path, self.labels, self.fsync = Path(path), list(labels), fsync
+        if self.path.parent != Path(""):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: TextIO = open(self.path, "w", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._file)
+        self._put(csv_columns(self.labels))
+
+    def _put(self, row: list[Any]) -> None:
+        self._csv.writerow(row)
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+
+    def write_cell(self, source: str, frame: int, index: int, cell: CellResult, latency_ms: float) -> None:
+        b = cell.box
+        self._put([source, frame, index, cell.label, cell.predicted, f"{cell.confidence:.4f}",
+                   b.x0, b.y0, b.x1, b.y1, f"{latency_ms:.2f}", ""]
+                  + [f"{p:.4f}" for p in cell.probabilities])
+
+    def write_error(self, source: str, frame: int, error: str) -> None:
+        self._put([source, frame, "", "", "", "", "", "", "", "", "", error] + [""] * len(self.labels))
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+def _p95(values: list[float]) -> float:
+    return float(np.percentile(values, 95)) if values else 0.0
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else 0.0
+
+
+@dataclass
+class RunStats:
+    """Counts and timings of a run, for the summary printed at the end."""
+
+    labels: list[str]
+    images: int = 0                 # frames decoded (failures are counted in `failures`)
+    no_cell: int = 0                # decoded frames where no white blood cell was found
+    cells: dict[str, int] = field(default_factory=dict)  # answer (a class or UNCERTAIN) -> count
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (source, why)
+    latency_ms: list[float] = field(default_factory=list)  # decode..invoke per decoded frame
+    stages_ms: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    elapsed_s: float = 0.0
+    stopped: str = ""               # why the run ended early ("" when it ran to the end)
+
+    def add_frame(self, cells: list[CellResult], timings_ms: dict[str, float]) -> None:
+        self.images += 1
+        if not cells:
+            self.no_cell += 1
+        for cell in cells:
+            self.cells[cell.label] = self.cells.get(cell.label, 0) + 1
+        for stage, ms in timings_ms.items():
+            self.stages_ms.setdefault(stage, []).append(ms)
+        self.latency_ms.append(sum(timings_ms.get(s, 0.0) for s in ("decode", "localise", "preprocess", "invoke")))
+
+    def add_failure(self, source: str, error: str) -> None:
+        self.failures.append((source, error))
+
+    @property
+    def classified(self) -> int:
+        return sum(self.cells.values())
+
+    def differential(self) -> list[tuple[str, int, float]]:
+        """(class, count, percent of the confidently classified cells), in model order."""
+        certain = self.classified - self.cells.get(UNCERTAIN, 0)
+        return [(label, self.cells.get(label, 0), 100.0 * self.cells.get(label, 0) / certain if certain else 0.0)
+                for label in self.labels]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "images_read": self.images + len(self.failures), "images_decoded": self.images,
+            "images_failed": len(self.failures), "images_without_cell": self.no_cell,
+            "cells_classified": self.classified, "uncertain": self.cells.get(UNCERTAIN, 0),
+            "differential": {label: {"count": n, "percent": round(pct, 2)} for label, n, pct in self.differential()},
+            "failures": [{"source": s, "error": e} for s, e in self.failures],
+            "latency_ms": {"mean": round(_mean(self.latency_ms), 3), "p95": round(_p95(self.latency_ms), 3)},
+            "stage_mean_ms": {s: round(_mean(v), 3) for s, v in self.stages_ms.items()},
+            "elapsed_s": round(self.elapsed_s, 3), "stopped": self.stopped,
+        }
+
+    def format(self) -> str:
+        """The human-readable summary: counts, differential, failures, latency."""
+        failed = len(self.failures)
+        lines = [f"Images read: {self.images + failed}  ({failed} failed, {self.no_cell} with no cell found)",
+                 f"Cells classified: {self.classified}"]
+        uncertain = self.cells.get(UNCERTAIN, 0)
+        certain = self.classified - uncertain
+        lines.append(f"Differential count ({certain} cells" + (f"; {uncertain} UNCERTAIN not counted):"
+                                                               if uncertain else "):"))
+        width = max(len(label) for label in self.labels + [UNCERTAIN])
+        for label, n, pct in self.differential():
+            lines.append(f"  {label:<{width}} {n:6d}  {pct:5.1f}%")
+        if uncertain:
+            lines.append(f"  {UNCERTAIN:<{width}} {uncertain:6d}")
+        if failed:
+            lines.append(f"Failed images ({failed}):")
+            lines += [f"  {source}: {error}" for source, error in self.failures[:MAX_FAILURES_LISTED]]
+            if failed > MAX_FAILURES_LISTED:
+                lines.append(f"  ... and {failed - MAX_FAILURES_LISTED} more (see the error column of the CSV)")
+        if self.latency_ms:
+            stages = ", ".join(f"{s} {_mean(v):.1f}" for s, v in self.stages_ms.items() if v)
+            lines.append(f"Latency per image: mean {_mean(self.latency_ms):.1f} ms, p95 {_p95(self.latency_ms):.1f} ms "
+                         f"(stage means, ms: {stages})")
+        if self.elapsed_s and self.images:
+            lines.append(f"Throughput: {self.images / self.elapsed_s:.1f} images/s over {self.elapsed_s:.1f} s")
+        if self.stopped:
+            lines.append(f"Stopped early: {self.stopped}")
+        return "\n".join(lines)
+
+    def write_json(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        Path(path).write_text(json.dumps({**self.to_dict(), **(extra or {})}, indent=2) + "\n", encoding="utf-8")

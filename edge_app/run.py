@@ -1,0 +1,235 @@
+"""`hemato run`: classify every white blood cell in images, a folder, a video or a camera, into a CSV.
+
+Exit status: 0 done (or ended with q in the window), 1 a camera stopped delivering frames,
+2 bad model, source or arguments, 130/143 stopped by Ctrl-C/SIGTERM (results so far are saved).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+import edge_app
+from edge_app.metadata import ModelFileError
+from edge_app.model import Classifier, runtime_version
+from edge_app.overlay import Display, FpsMeter, display_available, draw_results
+from edge_app.pipeline import classify_frame
+from edge_app.results import CsvWriter, RunStats
+from edge_app.sources import Frame, SourceError, SourceLost, open_source
+
+DEFAULT_MODEL = Path("models") / "wbc_mobilenetv2_int8.tflite"
+EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE = 0, 1, 2
+PROGRESS_EVERY_S = 10.0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `hemato run`."""
+    parser.add_argument("source", help="a folder of images (searched recursively), an image, a video "
+                                       "(.mp4 .avi .mov .mkv .m4v), a camera index such as 0, or picamera")
+    parser.add_argument("--model", help=f"the .tflite model (default: $HEMATO_MODEL, else {DEFAULT_MODEL} in the "
+                                        "current folder, then in the repository)")
+    parser.add_argument("--csv", default="results.csv", help="where to write one row per cell (default: results.csv)")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="interpreter threads (default: all cores)")
+    view = parser.add_mutually_exclusive_group()
+    view.add_argument("--show", action="store_true", help="show frames with boxes, labels and FPS in a window "
+                                                          "(q or Esc ends the run)")
+    view.add_argument("--headless", action="store_true",
+                      help="never open a window (the default without a display, and for files)")
+    parser.add_argument("--min-confidence", type=_fraction, default=None,
+                        help="answer UNCERTAIN below this confidence (default: the model's own threshold)")
+    parser.add_argument("--every", type=_positive_int, default=1,
+                        help="classify every Nth frame of a video or camera (default: 1)")
+    parser.add_argument("--reopen", type=int, default=3,
+                        help="times a camera that stops delivering is reopened before giving up (default: 3)")
+    parser.add_argument("--json-summary", metavar="PATH", help="also write the summary as JSON")
+    parser.add_argument("--fsync", action="store_true", help="fsync the CSV after every row (slower, safest)")
+
+
+def find_model(explicit: str | None) -> Path:
+    """--model, else $HEMATO_MODEL, else the default model in the current folder or the repository."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get("HEMATO_MODEL"):
+        return Path(os.environ["HEMATO_MODEL"]).expanduser()
+    tried = list(dict.fromkeys([Path.cwd() / DEFAULT_MODEL,
+                                Path(edge_app.__file__).resolve().parents[1] / DEFAULT_MODEL]))
+    for path in tried:
+        if path.is_file():
+            return path
+    raise ModelFileError(f"no model found (tried {' and '.join(str(p) for p in tried)}): "
+                         "pass --model PATH.tflite or set HEMATO_MODEL")
+
+
+class Stopper:
+    """Turns Ctrl-C/SIGTERM into a request to stop after the current frame; a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.event.set()
+        print(f"\nhemato run: {signal.Signals(signum).name} received, finishing the current frame "
+              "(again to stop at once)", file=sys.stderr)
+
+    @contextmanager
+    def installed(self) -> Iterator["Stopper"]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def _as_bgr(image: np.ndarray) -> np.ndarray:
+    """Three-channel BGR from grey or BGRA camera frames."""
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+def process_frame(frame: Frame, classifier: Classifier, writer: CsvWriter, stats: RunStats,
+                  min_confidence: float | None = None):
+    """Classify one frame, write its rows and count it; the FrameResult, or None for an unusable frame."""
+    error = frame.error
+    result = None
+    if frame.image is not None:
+        try:
+            result = classify_frame(classifier, _as_bgr(frame.image), min_confidence)
+        except (cv2.error, ValueError) as exc:
+            error = f"cannot classify: {exc}".splitlines()[0]
+    if result is None:
+        writer.write_error(frame.source, frame.index, error or "no image")
+        stats.add_failure(frame.source, error or "no image")
+        return None
+    timings = {"decode": frame.decode_ms, **result.timings_ms}
+    latency = sum(timings.values())
+    start = time.perf_counter()
+    for index, cell in enumerate(result.cells):
+        writer.write_cell(frame.source, frame.index, index, cell, latency)
+    timings["write"] = (time.perf_counter() - start) * 1000
+    stats.add_frame(result.cells, timings)
+    return result
+
+
+def run(classifier: Classifier, source, writer: CsvWriter, min_confidence: float | None = None,
+        display: Display | None = None, stop: threading.Event | None = None) -> tuple[RunStats, int]:
+    """Classify every frame of the source into the writer until it ends or a stop is asked; (stats, status)."""
+    stats = RunStats(classifier.labels)
+    stop = stop or threading.Event()
+    fps = FpsMeter()
+    status = EXIT_OK
+    start = last_progress = time.perf_counter()
+    try:
+        for frame in source:
+            result = process_frame(frame, classifier, writer, stats, min_confidence)
+            rate = fps.tick()
+            if display is not None and frame.image is not None and result is not None:
+                shown = draw_results(_as_bgr(frame.image), result.cells, classifier.labels,
+                                     rate if source.stream else None)
+                if not display.show(shown):
+                    stats.stopped = "ended from the window (q)"
+                    break
+            if stop.is_set():
+                break
+            if time.perf_counter() - last_progress > PROGRESS_EVERY_S:
+                last_progress = time.perf_counter()
+                print(f"hemato run: {stats.images + len(stats.failures)} images, {stats.classified} cells, "
+                      f"{(rate or 0):.1f} FPS", file=sys.stderr)
+    except SourceLost as exc:
+        stats.stopped, status = str(exc), EXIT_SOURCE_LOST
+    except KeyboardInterrupt:
+        stats.stopped, status = "interrupted", 128 + signal.SIGINT
+    finally:
+        stats.elapsed_s = time.perf_counter() - start
+        writer.close()
+        source.close()
+        if display is not None:
+            display.close()
+    return stats, status
+
+
+def _error(message: str) -> int:
+    print(f"hemato run: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _make_display(args: argparse.Namespace, source) -> Display | None:
+    """A window when --show was asked (or by default for a camera on a desktop), else None."""
+    if args.headless or not (args.show or source.live):
+        return None
+    if not display_available():
+        if args.show:
+            print("hemato run: no display (DISPLAY/WAYLAND_DISPLAY not set); running headless", file=sys.stderr)
+        return None
+    return Display(wait_ms=1 if source.stream else 0)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Load the model (failing fast), open the source, classify everything, print the summary."""
+    try:
+        classifier = Classifier(find_model(args.model), threads=args.threads)
+    except (ModelFileError, RuntimeError) as exc:
+        return _error(str(exc))
+    stopper = Stopper()
+    try:
+        source = open_source(args.source, every=args.every, reopen_attempts=args.reopen, stop=stopper.event)
+    except SourceError as exc:
+        return _error(str(exc))
+    try:
+        writer = CsvWriter(args.csv, classifier.labels, fsync=args.fsync)
+    except OSError as exc:
+        source.close()
+        return _error(f"cannot write {args.csv}: {exc.strerror or exc}")
+    display = _make_display(args, source)
+    if display is not None and not source.stream:
+        print("hemato run: press any key for the next image, q to stop", file=sys.stderr)
+    print(f"Model: {classifier.name} ({len(classifier.labels)} classes, {classifier.input_dtype} input, "
+          f"{classifier.runtime} {runtime_version(classifier.runtime)}, {classifier.threads} threads)")
+    with stopper.installed():
+        stats, status = run(classifier, source, writer, args.min_confidence, display, stopper.event)
+    if stopper.signum is not None:
+        stats.stopped = stats.stopped or f"{signal.Signals(stopper.signum).name} received"
+        status = 128 + stopper.signum
+    print(stats.format())
+    print(f"Results: {writer.path}")
+    if args.json_summary:
+        stats.write_json(args.json_summary, {"model": str(classifier.path), "runtime": classifier.runtime,
+                                             "threads": classifier.threads, "source": args.source,
+                                             "csv": str(writer.path), "exit_status": status})
+    if status == EXIT_SOURCE_LOST:
+        print(f"hemato run: error: {stats.stopped}; the results so far are in {writer.path}", file=sys.stderr)
+    return status
