@@ -1,0 +1,54 @@
+"""`hemato convert RUN --quant VARIANT --out FILE`: one trained run folder to one .tflite file."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from convert.calibration import CalibrationError, build_calibration_set
+from convert.converter import IO_TYPES, VARIANTS, ConversionError, convert_run, crop_settings, read_run_metadata
+from edge_app.metadata import ModelFileError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", type=Path, help="training run folder holding model.keras and metadata.json")
+    parser.add_argument("--quant", choices=VARIANTS, default="float32", help="variant to write (default float32)")
+    parser.add_argument("--out", type=Path, help="output .tflite (default models/<run>_<quant>.tflite)")
+    parser.add_argument("--calib", type=Path,
+                        help="int8: folder of real images (class folders or flat) for the representative dataset")
+    parser.add_argument("--calib-count", type=int, default=300,
+                        help="int8: number of calibration crops, stratified by class (default 300)")
+    parser.add_argument("--seed", type=int, default=0, help="int8: seed of the calibration sample (default 0)")
+    parser.add_argument("--io", choices=IO_TYPES, default=None,
+                        help="int8: input tensor type (default uint8, the pipeline's pixel type)")
+    parser.add_argument("--io-out", choices=IO_TYPES, default=None,
+                        help="int8: output (logits) tensor type (default float32)")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = args.out or Path("models") / f"{args.run.name}_{args.quant}.tflite"
+    if args.quant != "int8" and (args.calib or args.io or args.io_out):
+        raise ConversionError("--calib, --io and --io-out apply only to --quant int8")
+    calibration = None
+    if args.quant == "int8":
+        if args.calib is None:
+            raise ConversionError("--quant int8 needs --calib FOLDER of real images (e.g. the TRAIN split)")
+        meta = read_run_metadata(args.run)
+        calibration = build_calibration_set(args.calib, crop_settings(meta), args.calib_count, args.seed)
+    written = convert_run(args.run, args.quant, out, calibration, args.io or "uint8", args.io_out or "float32")
+    from edge_app.model import Classifier
+    classifier = Classifier(out, threads=1)  # proves the device runtime can load it
+    print(f"wrote {out}: {args.quant}, {os.path.getsize(out) / 1e6:.2f} MB, "
+          f"input {classifier.input_dtype} output {classifier.output_dtype}, "
+          f"{len(written['labels'])} labels, input {written['input_size']} px")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    """Convert; a problem the user can fix is one line on stderr and exit status 2."""
+    try:
+        return run(args)
+    except (ConversionError, CalibrationError, ModelFileError) as exc:
+        print(f"hemato convert: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,148 @@
+"""Turn a training run folder (model.keras + metadata.json) into a TFLite file that carries its metadata.
+
+I/O types of the int8 variant: uint8 in (the pipeline's crops are uint8 pixels; with the
+calibrated range 0..255 the input scale is ~1, so quantising the input loses nothing) and
+float32 out by default. The logits leave the graph through a DEQUANTIZE, so they carry the
+same int8 resolution as a uint8 output would; float32 only saves the device one dequantise
+and keeps the output tensor readable by any tool. See tests/test_convert.py for the
+agreement of each choice, which is reported in the conversion README of issue 4.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+from convert.calibration import CalibrationSet
+from convert.metadata_writer import embed_metadata
+from edge_app.vision import CropSettings
+
+VARIANTS = ("float32", "float16", "dynamic", "int8")
+IO_TYPES = ("uint8", "int8", "float32")
+
+
+class ConversionError(ValueError):
+    """The run folder or the options cannot give a model; the message says what to fix."""
+
+
+def read_run_metadata(run_dir: Path) -> dict[str, Any]:
+    """metadata.json of a run folder, checked against the training contract."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConversionError(f"run folder not found: {run_dir}")
+    meta_path = run_dir / "metadata.json"
+    if not meta_path.is_file():
+        raise ConversionError(f"{run_dir} has no metadata.json (labels, input size, crop settings)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConversionError(f"{meta_path} is not valid JSON: {exc}") from exc
+    labels = meta.get("labels")
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) and x for x in labels) \
+            or len(set(labels)) != len(labels):
+        raise ConversionError(f"{meta_path}: 'labels' must be a list of at least two unique names")
+    if not isinstance(meta.get("input_size"), int) or meta["input_size"] < 8:
+        raise ConversionError(f"{meta_path}: 'input_size' must be an integer (pixels)")
+    if meta.get("output", "logits") not in ("logits", "probabilities"):
+        raise ConversionError(f"{meta_path}: 'output' must be 'logits' or 'probabilities'")
+    if not isinstance(meta.get("crop", {}), dict):
+        raise ConversionError(f"{meta_path}: 'crop' must be a dict of CropSettings")
+    return meta
+
+
+def crop_settings(meta: dict[str, Any]) -> CropSettings:
+    """The crop the model was trained on, with input_size taken from the metadata."""
+    return CropSettings.from_dict({**meta.get("crop", {}), "input_size": meta["input_size"]})
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_keras(run_dir: Path, meta: dict[str, Any]):
+    """The run's model.keras, checked to take (S,S,3) and give one output per label."""
+    import keras
+    path = Path(run_dir) / "model.keras"
+    if not path.is_file():
+        raise ConversionError(f"{run_dir} has no model.keras")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # keras raises many types for a bad archive
+        raise ConversionError(f"{path}: Keras cannot load it: {exc}") from exc
+    size = meta["input_size"]
+    if tuple(model.input_shape[1:]) != (size, size, 3):
+        raise ConversionError(f"{path}: input shape {model.input_shape} but metadata input_size is {size}")
+    if model.output_shape[-1] != len(meta["labels"]):
+        raise ConversionError(f"{path}: {model.output_shape[-1]} outputs but {len(meta['labels'])} labels")
+    return model
+
+
+def _batch_one(model, input_size: int):
+    """The model behind a fixed [1,S,S,3] input, so the TFLite tensors have static shapes."""
+    import keras
+    inputs = keras.Input((input_size, input_size, 3), batch_size=1, name="image")
+    return keras.Model(inputs, model(inputs), name="hemato_edge")
+
+
+def convert_model(model, variant: str, input_size: int, calibration: CalibrationSet | None = None,
+                  io_input: str = "uint8", io_output: str = "float32") -> bytes:
+    """TFLite flatbuffer of a Keras model for one variant (int8 needs the calibration set)."""
+    import tensorflow as tf
+    if variant not in VARIANTS:
+        raise ConversionError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
+    converter = tf.lite.TFLiteConverter.from_keras_model(_batch_one(model, input_size))
+    if variant != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if variant == "int8":
+        if calibration is None:
+            raise ConversionError("int8 needs calibration images: pass --calib FOLDER")
+        for kind in (io_input, io_output):
+            if kind not in IO_TYPES:
+                raise ConversionError(f"unknown I/O type {kind!r}: choose from {', '.join(IO_TYPES)}")
+        converter.representative_dataset = calibration.batches
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = getattr(tf, io_input)
+        converter.inference_output_type = getattr(tf, io_output)
+    with contextlib.redirect_stdout(StringIO()):  # Keras prints its temporary SavedModel's signature
+        return bytes(converter.convert())
+
+
+def tflite_metadata(run_meta: dict[str, Any], variant: str, io_dtypes: dict[str, str], source_sha256: str,
+                    calibration: CalibrationSet | None) -> dict[str, Any]:
+    """The run's metadata.json plus what conversion adds (variant, I/O types, source, calibration)."""
+    meta = {**run_meta, "crop": crop_settings(run_meta).to_dict(), "variant": variant, "io": io_dtypes,
+            "source_sha256": source_sha256}
+    meta.setdefault("output", "logits")
+    meta.setdefault("temperature", 1.0)
+    if calibration is not None:
+        meta["calibration"] = calibration.info()
+    return meta
+
+
+def io_types(variant: str, io_input: str, io_output: str) -> dict[str, str]:
+    """The I/O dtypes a variant ends up with (only int8 can have integer I/O)."""
+    return {"input": io_input, "output": io_output} if variant == "int8" else \
+        {"input": "float32", "output": "float32"}
+
+
+def convert_run(run_dir: Path, variant: str, out: Path, calibration: CalibrationSet | None = None,
+                io_input: str = "uint8", io_output: str = "float32") -> dict[str, Any]:
+    """Convert a run folder to `out` and return the metadata written into the file."""
+    run_dir, out = Path(run_dir), Path(out)
+    meta = read_run_metadata(run_dir)
+    model = load_keras(run_dir, meta)
+    data = convert_model(model, variant, meta["input_size"], calibration, io_input, io_output)
+    written = tflite_metadata(meta, variant, io_types(variant, io_input, io_output),
+                              file_sha256(run_dir / "model.keras"), calibration if variant == "int8" else None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(embed_metadata(data, written))
+    return written

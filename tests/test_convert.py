@@ -1,0 +1,126 @@
+"""hemato convert: the four variants of a trained run load in edge_app, keep their metadata, and int8 agrees."""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from conftest import LABELS, make_smear
+from convert.calibration import stratified_order
+from convert_helpers import INPUT_SIZE, STAINS, assets, converted, crops_of
+from edge_app.metadata import read_model_metadata
+from edge_app.model import Classifier
+from edge_app.pipeline import classify_frame
+from hemato.cli import main as hemato
+
+VARIANTS = ["float32", "float16", "dynamic", "int8"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return {v: converted(tmp_path_factory, v) for v in VARIANTS}
+
+
+def test_every_variant_classifies_a_frame_through_edge_app(models):
+    frame = make_smear(cells=[(160, 120, 28)], seed=7, nucleus_bgr=STAINS["MONOCYTE"])
+    for variant, path in models.items():
+        clf = Classifier(path, threads=1)
+        expected_io = ("uint8", "float32") if variant == "int8" else ("float32", "float32")
+        assert (clf.input_dtype, clf.output_dtype) == expected_io, variant
+        cells = classify_frame(clf, frame).cells
+        assert len(cells) == 1, variant
+        assert cells[0].probabilities.sum() == pytest.approx(1.0)
+        assert cells[0].predicted == "MONOCYTE", variant
+
+
+def test_metadata_survives_conversion(models, tmp_path_factory):
+    run = assets(tmp_path_factory)["run"]
+    run_meta = json.loads((run / "metadata.json").read_text())
+    sha = hashlib.sha256((run / "model.keras").read_bytes()).hexdigest()
+    for variant, path in models.items():
+        meta = read_model_metadata(path)  # pure Python, no TensorFlow
+        assert {k: meta[k] for k in run_meta} == run_meta, variant
+        assert meta["variant"] == variant and meta["source_sha256"] == sha
+        assert meta["io"] == ({"input": "uint8", "output": "float32"} if variant == "int8"
+                              else {"input": "float32", "output": "float32"})
+        assert ("calibration" in meta) == (variant == "int8")
+    calib = read_model_metadata(models["int8"])["calibration"]
+    assert calib["count"] == 60 and calib["folder"] == str(assets(tmp_path_factory)["train"])
+    assert calib["per_class"] == {label: 15 for label in LABELS}  # stratified
+
+
+def test_int8_agrees_with_float_on_generated_images(models, tmp_path_factory):
+    crops, truth = crops_of(assets(tmp_path_factory)["test"])
+    ref, int8 = Classifier(models["float32"], threads=1), Classifier(models["int8"], threads=1)
+    p_ref = np.array([ref.predict(c) for c in crops.astype(np.uint8)])
+    p_int8 = np.array([int8.predict(c) for c in crops.astype(np.uint8)])
+    assert (p_ref.argmax(1) == truth).mean() >= 0.95  # the tiny model did learn the stains
+    assert (p_int8.argmax(1) == p_ref.argmax(1)).all()
+    assert np.abs(p_int8 - p_ref).mean() < 0.01
+
+
+def test_int8_io_types_change_only_the_boundary(models, tmp_path_factory):
+    crops, _ = crops_of(assets(tmp_path_factory)["test"])
+    default = Classifier(models["int8"], threads=1)
+    other = Classifier(converted(tmp_path_factory, "int8", "int8", "uint8"), threads=1)
+    assert (other.input_dtype, other.output_dtype) == ("int8", "uint8")
+    for crop in crops[:10].astype(np.uint8):
+        np.testing.assert_allclose(other.raw_outputs(crop), default.raw_outputs(crop), atol=1e-6)
+
+
+def test_cli_int8_with_small_stratified_calibration(tmp_path, tmp_path_factory):
+    a = assets(tmp_path_factory)
+    out = tmp_path / "wbc_int8.tflite"
+    rc = hemato(["convert", str(a["run"]), "--quant", "int8", "--calib", str(a["train"]),
+                 "--calib-count", "8", "--out", str(out)])
+    assert rc == 0
+    meta = read_model_metadata(out)
+    assert meta["calibration"]["count"] == 8
+    assert meta["calibration"]["per_class"] == {label: 2 for label in LABELS}
+    assert meta["input_size"] == INPUT_SIZE
+
+
+def test_stratified_order_interleaves_classes_reproducibly(tmp_path):
+    pairs = [(tmp_path / f"{c}{i}.png", c) for c in "ABC" for i in range(4 if c != "C" else 1)]
+    order = stratified_order(pairs, seed=0)
+    assert [label for _, label in order[:3]] == ["A", "B", "C"]
+    assert sorted(order) == sorted(pairs) and order == stratified_order(pairs, seed=0)
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_calibration_folder_without_images_is_an_error(tmp_path, tmp_path_factory, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc = hemato(["convert", str(assets(tmp_path_factory)["run"]), "--quant", "int8", "--calib", str(empty),
+                 "--out", str(tmp_path / "m.tflite")])
+    assert rc == 2
+    assert "no images in calibration folder" in _one_line_error(capsys)
+
+
+def test_calibration_folder_without_cells_is_an_error(tmp_path, tmp_path_factory, capsys):
+    import cv2
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    cv2.imwrite(str(blank / "x.png"), make_smear(cells=[]))
+    rc = hemato(["convert", str(assets(tmp_path_factory)["run"]), "--quant", "int8", "--calib", str(blank),
+                 "--out", str(tmp_path / "m.tflite")])
+    assert rc == 2
+    err = _one_line_error(capsys)
+    assert "no usable calibration image" in err and str(blank) in err
+
+
+@pytest.mark.parametrize("problem", ["no model.keras", "int8 without --calib", "--io on float32"])
+def test_run_folder_and_option_errors(problem, tmp_path, tmp_path_factory, capsys):
+    run = assets(tmp_path_factory)["run"]
+    args = {"no model.keras": [str(tmp_path), "--quant", "float32"],
+            "int8 without --calib": [str(run), "--quant", "int8"],
+            "--io on float32": [str(run), "--quant", "float32", "--io", "int8"]}[problem]
+    if problem == "no model.keras":
+        (tmp_path / "metadata.json").write_text((run / "metadata.json").read_text())
+    assert hemato(["convert", *args, "--out", str(tmp_path / "m.tflite")]) == 2
+    assert "error" in _one_line_error(capsys)
