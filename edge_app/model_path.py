@@ -11,7 +11,7 @@ MODEL_ENV = "HEMATO_MODEL"
 def default_model_path() -> Path:
     """$HEMATO_MODEL, else ./models/<default>, else <repo root>/models/<default> (returned even if absent)."""
     if os.environ.get(MODEL_ENV):
-        return Path(os.environ[MODEL_ENV])
+        return Path(os.environ[MODEL_ENV]).expanduser()
     local = Path.cwd() / "models" / DEFAULT_MODEL_NAME
     if local.is_file():
         return local

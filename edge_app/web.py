@@ -16,11 +16,13 @@ import base64  # noqa: E402
 import csv  # noqa: E402
 import io  # noqa: E402
 import secrets  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import unicodedata  # noqa: E402
 from collections import OrderedDict  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import cv2  # noqa: E402
@@ -32,14 +34,15 @@ from edge_app.metadata import ModelFileError  # noqa: E402
 from edge_app.model import Classifier, runtime_version  # noqa: E402
 from edge_app.model_path import default_model_path  # noqa: E402
 from edge_app.pipeline import UNCERTAIN, FrameResult, classify_frame  # noqa: E402
-from edge_app.web_live import LiveCamera, colour_hex, draw_cells, encode_jpeg, mjpeg_stream  # noqa: E402
+from edge_app.overlay import draw_results  # noqa: E402
+from edge_app.results import BASE_COLUMNS, csv_columns  # noqa: E402
+from edge_app.web_live import LiveCamera, colour_hex, encode_jpeg, mjpeg_stream  # noqa: E402
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 ANNOTATED_MAX_SIDE = 1280      # the page's annotated JPEG is at most this large
 MAX_SESSIONS = 64              # browser sessions remembered (least recently used dropped)
 MAX_SESSION_ROWS = 20_000      # rows remembered per session
-ROW_FIELDS = ["source", "frame", "cell", "label", "predicted", "confidence",
-              "x0", "y0", "x1", "y1", "latency_ms", "error"]
+ROW_FIELDS = BASE_COLUMNS      # the CSV of `hemato run`: source, frame, cell, label, ... error
 
 
 class BadImage(ValueError):
@@ -66,61 +69,59 @@ def clean_source(name: str | None) -> str:
     return name[:120] or "upload"
 
 
-def result_rows(source: str, frame: int, result: FrameResult, labels: list[str]) -> list[dict[str, Any]]:
-    """One row per located cell, as in the CSV; one row with `error` set when no cell was found."""
+def result_rows(source: str, frame: int, result: FrameResult, labels: list[str],
+                decode_ms: float = 0.0) -> list[dict[str, Any]]:
+    """One row per located cell, as `hemato run` writes them (latency_ms: the frame's decode..invoke)."""
+    latency = decode_ms + sum(result.timings_ms.values())
     rows = []
     for i, cell in enumerate(result.cells):
         b = cell.box
         rows.append({"source": source, "frame": frame, "cell": i, "label": cell.label,
                      "predicted": cell.predicted, "confidence": round(cell.confidence, 6),
                      "x0": b.x0, "y0": b.y0, "x1": b.x1, "y1": b.y1,
-                     "latency_ms": round(cell.invoke_ms, 3), "error": "",
+                     "latency_ms": round(latency, 3), "error": "",
                      "probabilities": {lab: round(float(p), 6) for lab, p in zip(labels, cell.probabilities)}})
-    if not rows:
-        rows.append({"source": source, "frame": frame, "cell": None, "label": "", "predicted": "",
-                     "confidence": None, "x0": None, "y0": None, "x1": None, "y1": None,
-                     "latency_ms": round(sum(result.timings_ms.values()), 3), "error": "no cell found",
-                     "probabilities": {}})
     return rows
 
 
 def differential(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
-    """Counts and percentages per class (and UNCERTAIN) over the rows that are cells."""
-    names = labels + [UNCERTAIN]
-    counts = dict.fromkeys(names, 0)
+    """Counts per class; percentages of the confidently classified cells (UNCERTAIN counted apart, as in run)."""
+    counts = dict.fromkeys(labels + [UNCERTAIN], 0)
     for row in rows:
         if not row["error"] and row["label"] in counts:
             counts[row["label"]] += 1
-    total = sum(counts.values())
-    return {"total": total, "images": len({(r["source"], r.get("upload")) for r in rows}),
-            "classes": [{"label": n, "count": counts[n], "percent": round(100 * counts[n] / total, 1) if total else 0.0}
-                        for n in names]}
+    certain = sum(counts[label] for label in labels)
+    classes = [{"label": label, "count": counts[label],
+                "percent": round(100 * counts[label] / certain, 1) if certain else 0.0} for label in labels]
+    return {"total": certain + counts[UNCERTAIN], "certain": certain, "uncertain": counts[UNCERTAIN],
+            "classes": classes}
 
 
 def _csv_safe(value: Any) -> Any:
-    """Stop spreadsheet formula injection through file names."""
+    """Stop spreadsheet formula injection through uploaded file names."""
     return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@") else value
 
 
 def rows_to_csv(rows: list[dict[str, Any]], labels: list[str]) -> str:
-    """The rows as CSV: ROW_FIELDS then one probability column per class label."""
+    """The rows as CSV with the columns and number formats of `hemato run` (p_<LABEL> per class)."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(ROW_FIELDS + labels)
-    for row in rows:
-        probs = row["probabilities"]
-        writer.writerow([_csv_safe("" if row[f] is None else row[f]) for f in ROW_FIELDS]
-                        + [probs.get(lab, "") for lab in labels])
+    writer = csv.writer(out)
+    writer.writerow(csv_columns(labels))
+    for r in rows:
+        writer.writerow([_csv_safe(r["source"]), r["frame"], r["cell"], r["label"], r["predicted"],
+                         f"{r['confidence']:.4f}", r["x0"], r["y0"], r["x1"], r["y1"], f"{r['latency_ms']:.2f}",
+                         r["error"]] + [f"{r['probabilities'][lab]:.4f}" for lab in labels])
     return out.getvalue()
 
 
 def annotated_data_url(bgr: np.ndarray, result: FrameResult, labels: list[str]) -> str:
-    """The frame with boxes and labels, at most ANNOTATED_MAX_SIDE, as a JPEG data URL."""
-    scale = min(1.0, ANNOTATED_MAX_SIDE / max(bgr.shape[:2]))
+    """The frame with boxes and labels (edge_app.overlay), at most ANNOTATED_MAX_SIDE, as a JPEG data URL."""
+    shown = draw_results(bgr, result.cells, labels)
+    scale = min(1.0, ANNOTATED_MAX_SIDE / max(shown.shape[:2]))
     if scale < 1.0:
-        bgr = cv2.resize(bgr, (round(bgr.shape[1] * scale), round(bgr.shape[0] * scale)), interpolation=cv2.INTER_AREA)
-    jpeg = encode_jpeg(draw_cells(bgr, result.cells, labels, scale))
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+        size = (round(shown.shape[1] * scale), round(shown.shape[0] * scale))
+        shown = cv2.resize(shown, size, interpolation=cv2.INTER_AREA)
+    return "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(shown)).decode("ascii")
 
 
 class SessionStore:
@@ -154,16 +155,19 @@ class _State:
                  lock: threading.Lock):
         self.classifier, self.min_confidence, self.camera, self.lock = classifier, min_confidence, camera, lock
         self.sessions = SessionStore()
-        self.uploads = 0
+        self.snapshots = 0  # live frames added to a count
 
     def close(self) -> None:
         if self.camera is not None:
             self.camera.stop()
 
 
-def create_app(classifier: Classifier, camera: int | str | None = None,
+def create_app(classifier: Classifier, camera: str | None = None,
                min_confidence: float | None = None) -> Flask:
-    """The Flask app: upload page, live page (when `camera` is given), JSON API. Starts the camera thread."""
+    """The Flask app: upload page, live page (when `camera`, a `hemato run` source, is given), JSON API.
+
+    Starts the camera thread; stop it with app.extensions["hemato"].close().
+    """
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES, SECRET_KEY=secrets.token_bytes(32),
                       SESSION_COOKIE_SAMESITE="Lax")
@@ -181,7 +185,7 @@ def create_app(classifier: Classifier, camera: int | str | None = None,
 
     def page_context() -> dict[str, Any]:
         return {"model": classifier.name, "labels": labels, "live": live is not None,
-                "colours": [colour_hex(i) for i in range(len(labels))], "max_bytes": MAX_UPLOAD_BYTES}
+                "colours": [colour_hex(label, labels) for label in labels], "max_bytes": MAX_UPLOAD_BYTES}
 
     @app.after_request
     def _headers(response: Response) -> Response:
@@ -224,22 +228,21 @@ def create_app(classifier: Classifier, camera: int | str | None = None,
         if upload is None:
             return jsonify(error="no image: send it as multipart/form-data in the field 'file'", status=400), 400
         source = clean_source(upload.filename)
+        start = time.perf_counter()
         try:
             bgr = decode_image(upload.read())
         except BadImage as exc:
             return jsonify(error=f"{source}: {exc}", source=source, status=400), 400
+        decode_ms = (time.perf_counter() - start) * 1000
         with lock:
             result = classify_frame(classifier, bgr, min_confidence)
-            state.uploads += 1
-            upload_no = state.uploads
-        rows = result_rows(source, 0, result, labels)
-        sid = session_id()
-        if sid:
-            state.sessions.add(sid, [{**r, "upload": upload_no} for r in rows])
+        rows = result_rows(source, 0, result, labels, decode_ms)
+        if session_id():
+            state.sessions.add(session_id(), rows)
+        timings = {"decode": decode_ms, **result.timings_ms}
         body: dict[str, Any] = {"source": source, "model": classifier.name, "labels": labels,
-                                "width": int(bgr.shape[1]), "height": int(bgr.shape[0]),
-                                "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
-                                "rows": rows}
+                                "width": int(bgr.shape[1]), "height": int(bgr.shape[0]), "cells": len(rows),
+                                "timings_ms": {k: round(v, 3) for k, v in timings.items()}, "rows": rows}
         if request.args.get("annotated") == "1":
             body["annotated"] = annotated_data_url(bgr, result, labels)
         return jsonify(body)
@@ -284,10 +287,9 @@ def create_app(classifier: Classifier, camera: int | str | None = None,
         if result is None:
             return jsonify(error=error or "no frame yet", status=409), 409
         with lock:
-            state.uploads += 1
-            upload_no = state.uploads
-        rows = [{**r, "upload": upload_no} for r in result_rows(f"live-{upload_no}", 0, result, labels)]
-        state.sessions.add(session_id(create=True), rows)
+            state.snapshots += 1
+            source = f"live-{state.snapshots}"
+        state.sessions.add(session_id(create=True), result_rows(source, 0, result, labels))
         return jsonify(differential(state.sessions.rows(session_id()), labels))
 
     return app
@@ -298,11 +300,8 @@ def _app_version() -> str:
     return __version__
 
 
-def parse_camera(value: str | None) -> int | str | None:
-    """--camera: a device index ("0") or a video file / stream URL."""
-    if value is None:
-        return None
-    return int(value) if value.isdigit() else value
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -311,25 +310,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--camera", metavar="INDEX|VIDEO",
-                        help="also stream this camera (index, e.g. 0) or video file with boxes and labels on /live")
+    parser.add_argument("--camera", metavar="SOURCE",
+                        help="also stream a camera with boxes and labels on /live: an index such as 0, picamera, "
+                             "or a video file (looped)")
     parser.add_argument("--min-confidence", type=float,
                         help="answer UNCERTAIN below this confidence (default: the threshold stored in the model)")
     parser.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
 
 
 def main(args: argparse.Namespace) -> int:
-    """Load the model and serve until Ctrl-C; 2 when the model cannot be loaded or the port is taken."""
-    path = args.model or default_model_path()
+    """Load the model and serve until Ctrl-C or SIGTERM; 2 when the model cannot be loaded (1: port taken)."""
+    path = Path(args.model).expanduser() if args.model else default_model_path()
     try:
         classifier = Classifier(path, threads=args.threads)
     except (ModelFileError, RuntimeError) as exc:
         print(f"hemato serve: {exc}", file=sys.stderr)
         return 2
-    app = create_app(classifier, camera=parse_camera(args.camera), min_confidence=args.min_confidence)
+    app = create_app(classifier, camera=args.camera, min_confidence=args.min_confidence)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"hemato serve: listening on {args.host}: anyone who can reach this machine can use it", file=sys.stderr)
     print(f"hemato serve: {classifier.name} on http://{args.host}:{args.port}/  (Ctrl-C to stop)", file=sys.stderr)
+    signal.signal(signal.SIGTERM, _interrupt)  # `systemctl stop` ends it like Ctrl-C: camera released
     try:
         app.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False)
     except OSError as exc:

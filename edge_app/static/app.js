@@ -20,23 +20,27 @@ function pct(p) {
 
 function colourOf(label) {
   const i = LABELS.indexOf(label);
-  return i < 0 ? "#808080" : COLOURS[i % COLOURS.length];
+  return i < 0 ? "#a0a0a0" : COLOURS[i % COLOURS.length];
 }
 
 // ---- differential count (server-side, per browser session) ----
+function diffRow(label, count, percent, className) {
+  const tr = el("tr", className || "");
+  const name = el("td");
+  const swatch = el("span", "swatch");
+  swatch.style.background = colourOf(label);
+  name.append(swatch, label);
+  tr.append(name, el("td", "num", String(count)), el("td", "num", percent));
+  return tr;
+}
+
 function showDifferential(diff) {
   const tbody = document.getElementById("diff-body");
   if (!tbody) return;
   tbody.replaceChildren();
-  for (const c of diff.classes) {
-    const tr = el("tr", c.label === "UNCERTAIN" ? "uncertain" : "");
-    const name = el("td");
-    const swatch = el("span", "swatch");
-    swatch.style.background = colourOf(c.label);
-    name.append(swatch, c.label === "UNCERTAIN" ? "uncertain" : c.label);
-    tr.append(name, el("td", "num", String(c.count)), el("td", "num", c.percent.toFixed(1)));
-    tbody.append(tr);
-  }
+  for (const c of diff.classes) tbody.append(diffRow(c.label, c.count, c.percent.toFixed(1)));
+  // As in `hemato run`: uncertain cells are listed but left out of the percentages.
+  tbody.append(diffRow("uncertain", diff.uncertain, "–", "uncertain"));
   document.getElementById("diff-total").textContent = String(diff.total);
 }
 
@@ -174,8 +178,8 @@ async function pollLive() {
     document.getElementById("fps").textContent = data.fps.toFixed(1) + " FPS";
     document.getElementById("frame-cells").textContent = data.cells + (data.cells === 1 ? " cell" : " cells") + " in view";
     document.getElementById("live-error").textContent = data.error || "";
-    const parts = data.frame.classes.filter((c) => c.count > 0)
-      .map((c) => (c.label === "UNCERTAIN" ? "uncertain" : c.label) + " " + c.count);
+    const parts = data.frame.classes.filter((c) => c.count > 0).map((c) => c.label + " " + c.count);
+    if (data.frame.uncertain) parts.push("uncertain " + data.frame.uncertain);
     document.getElementById("frame-counts").textContent = parts.length ? "In view: " + parts.join(", ") : "";
   } catch (err) {
     document.getElementById("live-error").textContent = "server not answering";
