@@ -1,0 +1,198 @@
+"""End to end in headless Chromium: upload a smear on the page, see the class and the probability bars.
+
+Chromium is driven over its DevTools pipe (--remote-debugging-pipe) with the standard library only:
+no chromedriver, no extra Python package, no debugging port. A screenshot goes to test-artifacts/.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import time
+from base64 import b64decode
+from pathlib import Path
+
+import cv2
+import pytest
+
+from conftest import LABELS, make_smear
+
+pytest.importorskip("flask")
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+SCREENSHOT = ARTIFACTS / "web_upload_result.png"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--no-default-browser-check", "--disable-dev-shm-usage", "--mute-audio", "--hide-scrollbars",
+                  "--window-size=1280,1100", "--remote-debugging-pipe"]
+
+
+def find_chromium() -> str | None:
+    """$CHROMIUM, else the first Chromium/Chrome on PATH."""
+    if os.environ.get("CHROMIUM"):
+        return os.environ["CHROMIUM"]
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+class DevToolsPipe:
+    """A minimal Chrome DevTools Protocol client over the pipe: commands on fd 3, replies on fd 4, NUL-framed."""
+
+    def __init__(self, chromium: str, profile: Path):
+        to_browser_r, self._to_browser = os.pipe()
+        self._from_browser, from_browser_w = os.pipe()
+        # bash puts the pipe ends where Chromium expects them (fd 3 in, fd 4 out), then becomes Chromium.
+        script = f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}'
+        self.proc = subprocess.Popen(["bash", "-c", script, chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                                      "about:blank"], pass_fds=(to_browser_r, from_browser_w),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(to_browser_r)
+        os.close(from_browser_w)
+        self._next_id = 0
+        self._replies: dict[int, queue.Queue] = {}
+        self.events: list[dict] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        buffer = b""
+        while chunk := os.read(self._from_browser, 65536):
+            buffer += chunk
+            *messages, buffer = buffer.split(b"\0")
+            for raw in messages:
+                message = json.loads(raw)
+                with self._lock:
+                    box = self._replies.get(message.get("id"))
+                if box is not None:
+                    box.put(message)
+                else:
+                    self.events.append(message)
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 60) -> dict:
+        """Send one command and wait for its reply; raises on a protocol error."""
+        with self._lock:
+            self._next_id += 1
+            ident = self._next_id
+            self._replies[ident] = box = queue.Queue()
+        message = {"id": ident, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
+        try:
+            reply = box.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"Chromium did not answer {method} within {timeout} s") from None
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        return reply.get("result", {})
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", timeout=10)
+        except (OSError, RuntimeError, TimeoutError):
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._to_browser)
+
+
+@pytest.fixture
+def server(tiny_tflite):
+    """The web app on a free local port, in a thread, as `hemato serve` runs it (threaded)."""
+    from werkzeug.serving import make_server
+
+    from edge_app.model import Classifier
+    from edge_app.web import create_app
+
+    app = create_app(Classifier(tiny_tflite, threads=1))
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    app.extensions["hemato"].close()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("chromium not found: run .ci/install-browser (apt-get install chromium) or set CHROMIUM=/path")
+    pipe = DevToolsPipe(chromium, tmp_path / "chromium-profile")
+    yield pipe
+    pipe.close()
+
+
+def evaluate(pipe: DevToolsPipe, session: str, expression: str):
+    result = pipe.send("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
+    if "exceptionDetails" in result:
+        raise AssertionError(f"page script failed: {result['exceptionDetails']}")
+    return result["result"].get("value")
+
+
+def wait_for(pipe: DevToolsPipe, session: str, expression: str, timeout: float = 60):
+    """Poll a JavaScript expression until it is truthy; its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = evaluate(pipe, session, expression)
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for: {expression}")
+
+
+PAGE_STATE = """JSON.stringify({
+  answers: [...document.querySelectorAll('.result .answer .label')].map(e => e.textContent),
+  confidences: [...document.querySelectorAll('.result .answer .conf')].map(e => e.textContent),
+  barLabels: [...document.querySelectorAll('.result .bar-row .bar-label')].map(e => e.textContent),
+  barWidths: [...document.querySelectorAll('.result .bar-row .fill')].map(e => parseFloat(e.style.width)),
+  imageWidth: (document.querySelector('.result img.annotated') || {}).naturalWidth || 0,
+  total: document.getElementById('diff-total').textContent,
+  errors: [...document.querySelectorAll('.error-card')].map(e => e.textContent),
+})"""
+
+
+def test_upload_shows_class_and_probability_bars(server, browser, tmp_path):
+    image = tmp_path / "smear_two_cells.png"
+    cv2.imwrite(str(image), make_smear(640, 480, cells=[(170, 160, 45), (470, 320, 50)], seed=4))
+
+    target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    for domain in ("Page", "Runtime", "Log"):
+        browser.send(f"{domain}.enable", session=session)
+    browser.send("Emulation.setDeviceMetricsOverride",
+                 {"width": 1280, "height": 1100, "deviceScaleFactor": 1, "mobile": False}, session)
+    browser.send("Page.navigate", {"url": server + "/"}, session)
+    wait_for(browser, session, "document.readyState === 'complete' && !!document.getElementById('file')")
+
+    root = browser.send("DOM.getDocument", session=session)["root"]["nodeId"]
+    file_input = browser.send("DOM.querySelector", {"nodeId": root, "selector": "#file"}, session)["nodeId"]
+    browser.send("DOM.setFileInputFiles", {"files": [str(image)], "nodeId": file_input}, session)
+
+    done = "(o.barLabels.length && o.total !== '0' && o.imageWidth) || o.errors.length"
+    state = json.loads(wait_for(browser, session,
+                                f"(() => {{ const s = {PAGE_STATE}; const o = JSON.parse(s); return {done} ? s : null; }})()"))
+    time.sleep(0.3)  # let the last paint land before the screenshot
+    shot = browser.send("Page.captureScreenshot", {"format": "png"}, session)
+    ARTIFACTS.mkdir(exist_ok=True)
+    SCREENSHOT.write_bytes(b64decode(shot["data"]))
+
+    assert not state["errors"], state["errors"]
+    assert len(state["answers"]) == 2, state  # two cells located, each with an answer
+    assert all(answer in LABELS or "uncertain" in answer for answer in state["answers"])
+    assert all(c.endswith("%") for c in state["confidences"])
+    assert state["barLabels"] == LABELS * 2  # one bar per class, per cell
+    assert all(0 <= w <= 100 for w in state["barWidths"]) and sum(state["barWidths"]) == pytest.approx(200, abs=1)
+    assert state["imageWidth"] == 640 and state["total"] == "2"
+    problems = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"
+                or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
+    assert not problems, problems  # no script errors, no CSP violations, no failed loads
+    assert SCREENSHOT.stat().st_size > 10_000
