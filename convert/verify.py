@@ -1,0 +1,243 @@
+"""`hemato verify REF CANDIDATE...`: compare TFLite models on labelled images, as a parity gate.
+
+Every model sees the same images through edge_app's real crop and Classifier. Imports only
+numpy, OpenCV and edge_app, so it runs on the device without TensorFlow.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_app.dataset import labelled_images
+from edge_app.metadata import ModelFileError
+from edge_app.model import Classifier
+from edge_app.vision import CropSettings, largest_cell_crop
+
+PRINTED_DISAGREEMENTS = 20
+
+
+class VerifyError(ValueError):
+    """The models or the data cannot be compared; the message says what to fix."""
+
+
+@dataclass
+class Predictions:
+    """One model's answers, image by image (None where no cell was found or the image is unreadable)."""
+
+    classifier: Classifier
+    top: list[str | None] = field(default_factory=list)
+    probs: list[np.ndarray | None] = field(default_factory=list)
+    invoke_ms: list[float] = field(default_factory=list)
+
+
+def load_models(paths: list[Path], threads: int | None) -> list[Classifier]:
+    """Open every model; they must name the same classes as the first (the reference)."""
+    models = []
+    for path in paths:
+        try:
+            models.append(Classifier(path, threads=threads))
+        except ModelFileError as exc:
+            raise VerifyError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from exc
+    ref = models[0]
+    for other in models[1:]:
+        if set(other.labels) != set(ref.labels):
+            raise VerifyError(f"label sets differ: {ref.name} has {ref.labels}, {other.name} has {other.labels}; "
+                              "compare models converted from the same trained run")
+        if other.crop_settings != ref.crop_settings:
+            print(f"hemato verify: warning: {other.name} crops differently from {ref.name}; "
+                  "each model gets its own crop", file=sys.stderr)
+    return models
+
+
+def load_data(folder: Path, labels: list[str]) -> list[tuple[Path, str]]:
+    """Labelled images of DATA/<CLASS>/, every class being one the models know."""
+    try:
+        pairs = labelled_images(folder)
+    except ValueError as exc:
+        raise VerifyError(str(exc)) from exc
+    unknown = sorted({label for _, label in pairs} - set(labels))
+    if unknown:
+        raise VerifyError(f"class folders {unknown} in {folder} are not among the model's labels {labels}")
+    return pairs
+
+
+def predict_all(models: list[Classifier], images: list[tuple[Path, str]]) -> tuple[list[Predictions], int]:
+    """Run every model on every image; each image is decoded once and cropped once per crop setting."""
+    runs = [Predictions(m) for m in models]
+    unreadable = 0
+    for n, (path, _) in enumerate(images, 1):
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        unreadable += bgr is None
+        crops: dict[CropSettings, np.ndarray | None] = {}
+        for run in runs:
+            settings = run.classifier.crop_settings
+            if settings not in crops:
+                crops[settings] = None if bgr is None else largest_cell_crop(bgr, settings)[0]
+            crop = crops[settings]
+            if crop is None:
+                run.top.append(None)
+                run.probs.append(None)
+                continue
+            start = time.perf_counter()
+            raw = run.classifier.raw_outputs(crop)
+            run.invoke_ms.append((time.perf_counter() - start) * 1000)
+            probs = run.classifier.probabilities(raw)
+            run.probs.append(probs)
+            run.top.append(run.classifier.labels[int(np.argmax(probs))])
+        if n % 100 == 0 or n == len(images):
+            print(f"verify: {n}/{len(images)} images", file=sys.stderr, flush=True)
+    return runs, unreadable
+
+
+def model_summary(run: Predictions, images: list[tuple[Path, str]]) -> dict[str, Any]:
+    """Accuracy (an image without a located cell counts as wrong), per class, size and latency."""
+    clf = run.classifier
+    truth = [label for _, label in images]
+    correct = [p == t for p, t in zip(run.top, truth)]
+    per_class = {}
+    for label in clf.labels:
+        hits = [c for c, t in zip(correct, truth) if t == label]
+        per_class[label] = {"images": len(hits), "accuracy": sum(hits) / len(hits) if hits else None}
+    size = clf.path.stat().st_size
+    return {"path": str(clf.path), "name": clf.name, "variant": clf.metadata.get("variant", "?"),
+            "io": {"input": clf.input_dtype, "output": clf.output_dtype}, "size_bytes": size,
+            "size_mb": size / 1e6, "images": len(images), "correct": int(sum(correct)),
+            "accuracy": sum(correct) / len(images), "no_cell": sum(p is None for p in run.top),
+            "per_class": per_class,
+            "mean_invoke_ms": float(np.mean(run.invoke_ms)) if run.invoke_ms else None}
+
+
+def compare(ref: Predictions, cand: Predictions, images: list[tuple[Path, str]],
+            summaries: tuple[dict, dict]) -> dict[str, Any]:
+    """Top-1 agreement, probability differences and disagreements of a candidate against the reference."""
+    order = [cand.classifier.labels.index(label) for label in ref.classifier.labels]
+    compared = agree = 0
+    diffs, disagreements = [], []
+    for (path, label), a, b, pa, pb in zip(images, ref.top, cand.top, ref.probs, cand.probs):
+        if a is None and b is None:
+            continue
+        compared += 1
+        if a == b:
+            agree += 1
+        else:
+            disagreements.append({"path": str(path), "label": label, "reference": a, "candidate": b})
+        if pa is not None and pb is not None:
+            diffs.append(np.abs(pa - pb[order]))
+    if not compared:
+        raise VerifyError("no cell was located in any image: check --data and the models' crop settings")
+    diffs_all = np.concatenate(diffs) if diffs else np.zeros(1)
+    sa, sb = summaries
+    return {"reference": sa["name"], "candidate": sb["name"], "compared": compared,
+            "agreement": agree / compared, "accuracy_drop_pp": (sa["accuracy"] - sb["accuracy"]) * 100,
+            "mean_abs_prob_diff": float(diffs_all.mean()), "max_abs_prob_diff": float(diffs_all.max()),
+            "size_ratio": sb["size_bytes"] / sa["size_bytes"], "disagreements": disagreements}
+
+
+def apply_gate(comparison: dict[str, Any], max_drop_pp: float, min_agreement_pct: float) -> None:
+    """Mark a comparison passed or failed, with the reasons."""
+    failures = []
+    if comparison["accuracy_drop_pp"] > max_drop_pp:
+        failures.append(f"accuracy drop {comparison['accuracy_drop_pp']:.2f} pp > {max_drop_pp} pp")
+    if comparison["agreement"] * 100 < min_agreement_pct:
+        failures.append(f"agreement {comparison['agreement'] * 100:.2f}% < {min_agreement_pct}%")
+    comparison["failures"] = failures
+    comparison["passed"] = not failures
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f}%"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: one row per model, per-class accuracy, then the disagreements."""
+    models, comps = report["models"], report["comparisons"]
+    lines = [f"Verification on {report['images']} images from `{report['data']}` "
+             f"(no located cell counts as wrong; {report['unreadable']} unreadable)", "",
+             "| model | variant | io (in/out) | size MB | size ratio | top-1 acc | no cell | drop pp | agreement "
+             "| mean abs dp | invoke ms | gate |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for i, m in enumerate(models):
+        c = comps[i - 1] if i else None
+        ms = "-" if m["mean_invoke_ms"] is None else f"{m['mean_invoke_ms']:.2f}"
+        cells = [m["name"], m["variant"], f"{m['io']['input']}/{m['io']['output']}", f"{m['size_mb']:.2f}",
+                 f"{c['size_ratio']:.3f}" if c else "1", _pct(m["accuracy"]), str(m["no_cell"]),
+                 f"{c['accuracy_drop_pp']:+.2f}" if c else "ref", _pct(c["agreement"]) if c else "ref",
+                 f"{c['mean_abs_prob_diff']:.4f}" if c else "ref", ms,
+                 ("pass" if c["passed"] else "FAIL: " + "; ".join(c["failures"])) if c else "ref"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| class | images | " + " | ".join(m["name"] for m in models) + " |",
+              "|---|---:|" + "---:|" * len(models)]
+    for label, stats in models[0]["per_class"].items():
+        accs = [_pct(m["per_class"][label]["accuracy"]) for m in models]
+        lines.append(f"| {label} | {stats['images']} | " + " | ".join(accs) + " |")
+    for c in comps:
+        dis = c["disagreements"]
+        lines += ["", f"{len(dis)} disagreement(s) {c['reference']} vs {c['candidate']}"
+                  + (f" (first {PRINTED_DISAGREEMENTS}; all in the JSON)" if len(dis) > PRINTED_DISAGREEMENTS else "")]
+        if dis:
+            lines += ["", "| image | label | reference | candidate |", "|---|---|---|---|"]
+            lines += [f"| {d['path']} | {d['label']} | {d['reference']} | {d['candidate']} |"
+                      for d in dis[:PRINTED_DISAGREEMENTS]]
+    return "\n".join(lines) + "\n"
+
+
+def verify(paths: list[Path], data: Path, max_drop_pp: float = 0.5, min_agreement_pct: float = 99.0,
+           threads: int | None = None) -> dict[str, Any]:
+    """Compare each candidate with the reference (the first path) and return the full report."""
+    if len(paths) < 2:
+        raise VerifyError("give a reference model and at least one candidate")
+    models = load_models(paths, threads)
+    images = load_data(data, models[0].labels)
+    runs, unreadable = predict_all(models, images)
+    summaries = [model_summary(run, images) for run in runs]
+    comparisons = []
+    for run, summary in zip(runs[1:], summaries[1:]):
+        comparison = compare(runs[0], run, images, (summaries[0], summary))
+        apply_gate(comparison, max_drop_pp, min_agreement_pct)
+        comparisons.append(comparison)
+    return {"data": str(data), "images": len(images), "unreadable": unreadable,
+            "gate": {"max_drop_pp": max_drop_pp, "min_agreement_pct": min_agreement_pct},
+            "models": summaries, "comparisons": comparisons, "passed": all(c["passed"] for c in comparisons)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", type=Path, nargs="+", metavar="MODEL",
+                        help="reference .tflite (e.g. float32) then one or more candidates (e.g. int8)")
+    parser.add_argument("--data", type=Path, required=True, help="folder of class folders of labelled images")
+    parser.add_argument("--json", type=Path, help="write the full report (all disagreements) as JSON")
+    parser.add_argument("--markdown", type=Path, help="also write the Markdown report to this file")
+    parser.add_argument("--max-drop", type=float, default=0.5,
+                        help="fail when a candidate's top-1 accuracy is lower by more than this (pp, default 0.5)")
+    parser.add_argument("--min-agreement", type=float, default=99.0,
+                        help="fail when top-1 agreement with the reference is below this (%%, default 99)")
+    parser.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """0 when every candidate passes the gate, 1 when one fails, 2 on an error the user can fix."""
+    try:
+        report = verify(args.models, args.data, args.max_drop, args.min_agreement, args.threads)
+    except (VerifyError, ModelFileError) as exc:
+        print(f"hemato verify: error: {exc}", file=sys.stderr)
+        return 2
+    text = markdown(report)
+    print(text, end="")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(text, encoding="utf-8")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    for c in report["comparisons"]:
+        if not c["passed"]:
+            print(f"hemato verify: FAILED {c['candidate']} vs {c['reference']}: {'; '.join(c['failures'])}",
+                  file=sys.stderr)
+    return 0 if report["passed"] else 1

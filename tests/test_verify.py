@@ -1,0 +1,112 @@
+"""hemato verify: the int8 parity gate passes for a good conversion and fails for a badly calibrated one."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from conftest import build_tiny_keras, export_float_tflite, make_smear
+from convert_helpers import INPUT_SIZE, assets, broken_int8, converted
+from hemato.cli import main as hemato
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    a = assets(tmp_path_factory)
+    return {"float32": converted(tmp_path_factory, "float32"), "int8": converted(tmp_path_factory, "int8"),
+            "test": a["test"]}
+
+
+def test_parity_gate_passes_for_int8_conversion(setup, tmp_path, capsys):
+    """The CI parity check: a regression in int8 conversion makes this fail."""
+    report_path, md_path = tmp_path / "verify.json", tmp_path / "verify.md"
+    rc = hemato(["verify", str(setup["float32"]), str(setup["int8"]), "--data", str(setup["test"]),
+                 "--json", str(report_path), "--markdown", str(md_path), "--threads", "1"])
+    assert rc == 0
+    report = json.loads(report_path.read_text())
+    ref, int8 = report["models"]
+    comparison = report["comparisons"][0]
+    assert report["passed"] and report["images"] == 60
+    assert comparison["agreement"] >= 0.99 and comparison["accuracy_drop_pp"] <= 0.5
+    assert comparison["mean_abs_prob_diff"] < 0.01 and comparison["disagreements"] == []
+    assert ref["accuracy"] >= 0.95 and set(ref["per_class"]) == set(int8["per_class"])
+    assert int8["io"] == {"input": "uint8", "output": "float32"} and int8["size_bytes"] > 0
+    assert ref["mean_invoke_ms"] > 0
+    out = capsys.readouterr().out
+    assert md_path.read_text() == out and "| tiny_int8" in out and "agreement" in out
+
+
+def test_verify_fails_for_badly_calibrated_int8(setup, tmp_path_factory, tmp_path, capsys):
+    broken = broken_int8(tmp_path_factory)
+    report_path = tmp_path / "verify.json"
+    rc = hemato(["verify", str(setup["float32"]), str(broken), "--data", str(setup["test"]),
+                 "--json", str(report_path), "--threads", "1"])
+    assert rc == 1
+    comparison = json.loads(report_path.read_text())["comparisons"][0]
+    assert not comparison["passed"] and comparison["agreement"] < 0.99
+    disagreement = comparison["disagreements"][0]
+    assert Path(disagreement["path"]).is_file()
+    assert set(disagreement) == {"path", "label", "reference", "candidate"}
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.err and disagreement["path"] in captured.out
+
+
+def test_several_candidates_against_one_reference(setup, tmp_path_factory, tmp_path):
+    candidates = [converted(tmp_path_factory, v) for v in ("float16", "dynamic")] + [setup["int8"]]
+    report_path = tmp_path / "verify.json"
+    rc = hemato(["verify", str(setup["float32"]), *map(str, candidates), "--data", str(setup["test"]),
+                 "--json", str(report_path), "--threads", "1"])
+    assert rc == 0
+    report = json.loads(report_path.read_text())
+    assert [c["candidate"] for c in report["comparisons"]] == [p.name for p in candidates]
+
+
+def test_image_without_cell_counts_wrong_for_both(setup, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(setup["test"], data)
+    cv2.imwrite(str(data / "MONOCYTE" / "empty.png"), make_smear(cells=[]))
+    report_path = tmp_path / "verify.json"
+    hemato(["verify", str(setup["float32"]), str(setup["int8"]), "--data", str(data),
+            "--json", str(report_path), "--threads", "1"])
+    report = json.loads(report_path.read_text())
+    assert report["images"] == 61
+    for model in report["models"]:
+        assert model["no_cell"] == 1 and model["accuracy"] == model["correct"] / 61 and model["correct"] <= 60
+    assert report["comparisons"][0]["compared"] == 60
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_a_file_that_is_not_tflite_is_an_error(setup, tmp_path, capsys):
+    junk = tmp_path / "model.tflite"
+    junk.write_bytes(b"PK\x03\x04 this is a zip, not a flatbuffer")
+    assert hemato(["verify", str(setup["float32"]), str(junk), "--data", str(setup["test"])]) == 2
+    err = _error(capsys)
+    assert str(junk) in err and "not a TFLite model" in err
+
+
+def test_label_sets_that_differ_are_an_error(setup, tmp_path, capsys):
+    labels = ["BASOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
+    other = export_float_tflite(build_tiny_keras(labels, INPUT_SIZE), tmp_path / "other.tflite", labels, INPUT_SIZE)
+    assert hemato(["verify", str(setup["float32"]), str(other), "--data", str(setup["test"])]) == 2
+    assert "label sets differ" in _error(capsys)
+
+
+def test_data_class_unknown_to_the_models_is_an_error(setup, tmp_path, capsys):
+    (tmp_path / "BASOPHIL").mkdir()
+    cv2.imwrite(str(tmp_path / "BASOPHIL" / "a.png"), make_smear())
+    assert hemato(["verify", str(setup["float32"]), str(setup["int8"]), "--data", str(tmp_path)]) == 2
+    assert "BASOPHIL" in _error(capsys)
+
+
+def test_verify_runs_without_tensorflow():
+    code = "import sys, convert.verify; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
