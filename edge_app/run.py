@@ -18,15 +18,14 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-import edge_app
 from edge_app.metadata import ModelFileError
 from edge_app.model import Classifier, runtime_version
+from edge_app.model_path import DEFAULT_MODEL_NAME, MODEL_ENV, default_model_path
 from edge_app.overlay import Display, FpsMeter, display_available, draw_results
 from edge_app.pipeline import classify_frame
 from edge_app.results import CsvWriter, RunStats
 from edge_app.sources import Frame, SourceError, SourceLost, open_source
 
-DEFAULT_MODEL = Path("models") / "wbc_mobilenetv2_int8.tflite"
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE = 0, 1, 2
 PROGRESS_EVERY_S = 10.0
 
@@ -49,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `hemato run`."""
     parser.add_argument("source", help="a folder of images (searched recursively), an image, a video "
                                        "(.mp4 .avi .mov .mkv .m4v), a camera index such as 0, or picamera")
-    parser.add_argument("--model", help=f"the .tflite model (default: $HEMATO_MODEL, else {DEFAULT_MODEL} in the "
-                                        "current folder, then in the repository)")
+    parser.add_argument("--model", help=f"the .tflite model (default: ${MODEL_ENV}, else models/{DEFAULT_MODEL_NAME} "
+                                        "in the current folder, then in the repository)")
     parser.add_argument("--csv", default="results.csv", help="where to write one row per cell (default: results.csv)")
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="interpreter threads (default: all cores)")
@@ -70,18 +69,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def find_model(explicit: str | None) -> Path:
-    """--model, else $HEMATO_MODEL, else the default model in the current folder or the repository."""
+    """--model, else the shared default (edge_app.model_path); ModelFileError naming the paths tried."""
     if explicit:
         return Path(explicit).expanduser()
-    if os.environ.get("HEMATO_MODEL"):
-        return Path(os.environ["HEMATO_MODEL"]).expanduser()
-    tried = list(dict.fromkeys([Path.cwd() / DEFAULT_MODEL,
-                                Path(edge_app.__file__).resolve().parents[1] / DEFAULT_MODEL]))
-    for path in tried:
-        if path.is_file():
-            return path
+    path = default_model_path()
+    if path.is_file():
+        return path
+    if os.environ.get(MODEL_ENV):
+        raise ModelFileError(f"model file not found: {path} (from ${MODEL_ENV})")
+    tried = dict.fromkeys([Path.cwd() / "models" / DEFAULT_MODEL_NAME, path])
     raise ModelFileError(f"no model found (tried {' and '.join(str(p) for p in tried)}): "
-                         "pass --model PATH.tflite or set HEMATO_MODEL")
+                         f"pass --model PATH.tflite or set {MODEL_ENV}")
 
 
 class Stopper:

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-import edge_app
+import edge_app.model_path
 import edge_app.run as run_module
 from conftest import LABELS, SHARED_DATA, make_smear, requires_real_data
 from edge_app.model import Classifier
@@ -121,7 +121,7 @@ def test_model_problems_fail_fast_with_one_line(tmp_path, smear_folder, capsys, 
     # No --model: $HEMATO_MODEL, then models/ in the current folder, then in the repository.
     monkeypatch.delenv("HEMATO_MODEL", raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(edge_app, "__file__", str(tmp_path / "site" / "edge_app" / "__init__.py"))
+    monkeypatch.setattr(edge_app.model_path, "__file__", str(tmp_path / "site" / "edge_app" / "model_path.py"))
     assert hemato(["run", str(smear_folder), "--csv", str(out)]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "models" / "wbc_mobilenetv2_int8.tflite") in err
@@ -132,6 +132,9 @@ def test_default_model_lookup(tmp_path, smear_folder, tiny_tflite, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HEMATO_MODEL", str(tiny_tflite))
     assert run_module.find_model(None) == tiny_tflite
+    monkeypatch.setenv("HEMATO_MODEL", str(tmp_path / "gone.tflite"))
+    with pytest.raises(run_module.ModelFileError, match="HEMATO_MODEL"):
+        run_module.find_model(None)
     monkeypatch.delenv("HEMATO_MODEL")
     (tmp_path / "models").mkdir()
     shutil.copy(tiny_tflite, tmp_path / "models" / "wbc_mobilenetv2_int8.tflite")
