@@ -10,6 +10,7 @@ from edge_app.model import Classifier
 from edge_app.pipeline import classify_frame
 from edge_app.vision import CropSettings, crop_for_model, locate_cells
 
+pytestmark = pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")
 SIZE = 32
 
 
