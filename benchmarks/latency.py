@@ -1,0 +1,206 @@
+"""Measure one model at one thread count in a process of its own: load, warm-up, latency, memory, accuracy.
+
+`python -m benchmarks.latency MODEL --threads 2 ...` prints one JSON line. bench.py starts a fresh
+process per (model, threads), so the peak RSS and the interpreter's thread pool and caches belong to
+that model alone.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+CROPS_FROM_DATA = 32  # distinct real crops cycled through the timed invokes
+PROGRESS_EVERY_S = 5.0
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be made; the message says why."""
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def current_rss_bytes() -> int | None:
+    """Resident memory now (Linux /proc), or None where it cannot be read."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def summarise(samples_ms: list[float] | np.ndarray) -> dict[str, float]:
+    """Percentiles, mean, spread and count of latency samples in milliseconds."""
+    a = np.asarray(samples_ms, np.float64)
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {"n": int(a.size), "p50": float(p50), "p95": float(p95), "p99": float(p99), "mean": float(a.mean()),
+            "std": float(a.std()), "min": float(a.min()), "max": float(a.max())}
+
+
+def spread(items: list, count: int | None) -> list:
+    """At most `count` items spaced evenly over the list (so a subset covers every class folder)."""
+    if count is None or count >= len(items):
+        return list(items)
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, max(count, 1)).round().astype(int)]
+
+
+def synthetic_crop(size: int) -> np.ndarray:
+    """A deterministic RGB uint8 crop for timing when no images are given."""
+    return np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def data_crops(data: Path, settings, limit: int = CROPS_FROM_DATA) -> list[np.ndarray]:
+    """Real model inputs: the largest located cell of up to `limit` labelled images spread over the classes."""
+    from edge_app.dataset import labelled_images
+    from edge_app.sources import read_image
+    from edge_app.vision import largest_cell_crop
+    crops = []
+    for path, _ in spread(labelled_images(data), limit):
+        image, _ = read_image(path)
+        crop = None if image is None else largest_cell_crop(image, settings)[0]
+        if crop is not None:
+            crops.append(crop)
+    return crops
+
+
+def time_invokes(classifier, crops: list[np.ndarray], runs: int) -> list[float]:
+    """Milliseconds of each set_tensor+invoke+get_tensor (Classifier.raw_outputs), GC paused."""
+    samples = np.empty(runs, np.int64)
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(runs):
+            crop = crops[i % len(crops)]
+            start = time.perf_counter_ns()
+            classifier.raw_outputs(crop)
+            samples[i] = time.perf_counter_ns() - start
+    finally:
+        if was_enabled:
+            gc.enable()
+    return (samples / 1e6).tolist()
+
+
+def accuracy(classifier, data: Path, max_images: int | None = None,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Top-1 accuracy of the largest located cell per labelled image; no located cell counts as wrong."""
+    from edge_app.dataset import labelled_images
+    from edge_app.sources import read_image
+    from edge_app.vision import largest_cell_crop
+    pairs = spread(labelled_images(data), max_images)
+    per_class: dict[str, dict[str, int]] = {}
+    located = correct = 0
+    last = time.perf_counter()
+    for k, (path, label) in enumerate(pairs, 1):
+        counts = per_class.setdefault(label, {"n": 0, "located": 0, "correct": 0})
+        counts["n"] += 1
+        image, _ = read_image(path)
+        crop = None if image is None else largest_cell_crop(image, classifier.crop_settings)[0]
+        if crop is not None:
+            located += 1
+            counts["located"] += 1
+            hit = classifier.labels[int(np.argmax(classifier.predict(crop)))] == label
+            correct += hit
+            counts["correct"] += hit
+        if progress and time.perf_counter() - last > PROGRESS_EVERY_S:
+            last = time.perf_counter()
+            progress(f"accuracy {classifier.name}: {k}/{len(pairs)} images")
+    n = len(pairs)
+    return {"data": str(data), "n": n, "located": located, "correct": correct, "accuracy": correct / n,
+            "per_class": per_class, "unknown_labels": sorted(set(per_class) - set(classifier.labels))}
+
+
+def measure(model: Path, threads: int, runs: int, warmup: int, data: Path | None = None,
+            max_images: int | None = None, with_accuracy: bool = False) -> dict[str, Any]:
+    """Load the model, warm it up, time `runs` invokes, read peak memory, then (optionally) its accuracy."""
+    from edge_app.metadata import read_model_metadata
+    from edge_app.model import Classifier, interpreter_class
+    from edge_app.vision import CropSettings
+
+    interpreter_class()  # import the runtime before the baseline: its import is not the model's memory
+    meta = read_model_metadata(model)
+    settings = CropSettings.from_dict({**meta.get("crop", {}), "input_size": int(meta.get("input_size", 224))})
+    crops = data_crops(data, settings) if data else []
+    source = f"{len(crops)} real crops" if crops else "synthetic crop"
+    crops = crops or [synthetic_crop(settings.input_size)]
+    gc.collect()
+    baseline = current_rss_bytes()
+    peak_before = peak_rss_bytes()
+
+    start = time.perf_counter_ns()
+    classifier = Classifier(model, threads=threads)
+    load_ms = (time.perf_counter_ns() - start) / 1e6
+    start = time.perf_counter_ns()
+    classifier.raw_outputs(crops[0])
+    first_ms = (time.perf_counter_ns() - start) / 1e6
+    for i in range(max(warmup - 1, 0)):
+        classifier.raw_outputs(crops[i % len(crops)])
+    samples = time_invokes(classifier, crops, runs)
+    peak = peak_rss_bytes()
+    stats = summarise(samples)
+    result: dict[str, Any] = {
+        "model": str(model), "threads": threads, "runtime": classifier.runtime,
+        "input_dtype": classifier.input_dtype, "output_dtype": classifier.output_dtype,
+        "input_size": classifier.input_size, "input": source, "load_ms": load_ms, "first_invoke_ms": first_ms,
+        "warmup": warmup, "latency_ms": stats, "fps": 1000.0 / stats["mean"], "samples_ms": samples,
+        "peak_rss_bytes": peak,
+        "baseline_rss_bytes": baseline if baseline is not None else peak_before,
+        "rss_delta_bytes": peak - (baseline if baseline is not None else peak_before),
+    }
+    if with_accuracy and data:
+        result["accuracy"] = accuracy(classifier, data, max_images, lambda m: print(m, file=sys.stderr))
+    return result
+
+
+def run_isolated(module: str, argv: list[str]) -> dict[str, Any]:
+    """Run `python -m module argv` in a fresh interpreter and return the JSON it prints last on stdout."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run([sys.executable, "-m", module, *argv], stdout=subprocess.PIPE, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise BenchError(f"{module} {' '.join(argv)} failed (exit status {proc.returncode}); see the messages above")
+    return json.loads(lines[-1])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__)
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--data", type=Path, help="labelled folder: real crops, and accuracy with --accuracy")
+    parser.add_argument("--max-images", type=int, default=None)
+    parser.add_argument("--accuracy", action="store_true", help="also classify every labelled image in --data")
+    return parser
+
+
+def worker(argv: list[str] | None = None) -> int:
+    """Entry point of the measuring process: one JSON line on stdout, errors on stderr."""
+    args = _parser().parse_args(argv)
+    from edge_app.metadata import ModelFileError
+    try:
+        result = measure(args.model, args.threads, args.runs, args.warmup, args.data, args.max_images, args.accuracy)
+    except (ModelFileError, ValueError, RuntimeError) as exc:
+        print(f"benchmarks.latency: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker())
