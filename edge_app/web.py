@@ -27,14 +27,14 @@ from typing import Any  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from flask import Flask, Response, jsonify, render_template, request, session  # noqa: E402
+from flask import Flask, Request, Response, jsonify, render_template, request, session  # noqa: E402
 from werkzeug.exceptions import HTTPException  # noqa: E402
 
 from edge_app.metadata import ModelFileError  # noqa: E402
 from edge_app.model import Classifier, runtime_version  # noqa: E402
 from edge_app.model_path import default_model_path  # noqa: E402
-from edge_app.pipeline import UNCERTAIN, FrameResult, classify_frame  # noqa: E402
 from edge_app.overlay import draw_results  # noqa: E402
+from edge_app.pipeline import UNCERTAIN, FrameResult, classify_frame  # noqa: E402
 from edge_app.results import BASE_COLUMNS, csv_columns  # noqa: E402
 from edge_app.web_live import LiveCamera, colour_hex, encode_jpeg, mjpeg_stream  # noqa: E402
 
@@ -55,8 +55,10 @@ def decode_image(data: bytes) -> np.ndarray:
         raise BadImage("the uploaded file is empty")
     try:
         bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error:
-        raise BadImage(f"the image is too large to decode (limit {MAX_IMAGE_PIXELS // 1_000_000} megapixels)") from None
+    except cv2.error as exc:
+        if "MAX_IMAGE_PIXELS" in str(exc):
+            raise BadImage(f"the image is too large to decode (limit {MAX_IMAGE_PIXELS // 1_000_000} megapixels)") from None
+        raise BadImage("the file is a damaged image OpenCV cannot decode") from None
     if bgr is None:
         raise BadImage("the file is not an image this server can read (use JPEG, PNG, BMP or TIFF)")
     return bgr
@@ -148,6 +150,14 @@ class SessionStore:
             self._rows.pop(sid, None)
 
 
+class InMemoryRequest(Request):
+    """Keeps uploaded files in memory (bounded by MAX_CONTENT_LENGTH) instead of spooling them to /tmp."""
+
+    def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
+                         filename: str | None = None, content_length: int | None = None) -> io.BytesIO:
+        return io.BytesIO()
+
+
 class _State:
     """What the routes share: the classifier, its lock, the sessions and the optional live camera."""
 
@@ -169,6 +179,7 @@ def create_app(classifier: Classifier, camera: str | None = None,
     Starts the camera thread; stop it with app.extensions["hemato"].close().
     """
     app = Flask(__name__)
+    app.request_class = InMemoryRequest
     app.config.update(MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES, SECRET_KEY=secrets.token_bytes(32),
                       SESSION_COOKIE_SAMESITE="Lax")
     app.json.sort_keys = False  # keep probabilities in the model's label order

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import cv2
 import pytest
@@ -105,12 +109,36 @@ def test_request_path_is_never_a_file_path(client, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_uploads_stay_in_memory(client, monkeypatch):
+    import werkzeug.formparser
+
+    def no_disk(*args, **kwargs):
+        raise AssertionError("an upload was about to be spooled to a temporary file")
+
+    monkeypatch.setattr(werkzeug.formparser, "SpooledTemporaryFile", no_disk)
+    big = cv2.imencode(".bmp", make_smear(640, 480))[1].tobytes()  # ~0.9 MB: werkzeug would spool it
+    assert len(big) > 500 * 1024
+    assert post_image(client, big, name="big.bmp").status_code == 200
+
+
+def test_decompression_bomb_is_400():
+    # OpenCV reads its pixel limit when first imported, so check in a fresh process, as `hemato serve` starts.
+    script = ("from edge_app import web\n"
+              "import cv2, numpy as np\n"
+              "bomb = cv2.imencode('.png', np.zeros((8000, 8000), np.uint8))[1].tobytes()  # 64 MP in 70 kB\n"
+              "try:\n    web.decode_image(bomb)\nexcept web.BadImage as exc:\n    print('refused:', exc)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                         cwd=Path(web.__file__).parents[1], timeout=120)
+    assert "refused: the image is too large" in out.stdout, out.stderr
+
+
 def test_pages_and_session_differential_csv(client):
     page = client.get("/")  # sets the session cookie
     assert page.status_code == 200 and b"Choose or drop" in page.data
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
     assert client.get("/static/app.js").status_code == 200
-    assert client.get("/live").status_code == 200  # renders, though without a camera
+    assert b"No camera" in client.get("/live").data
     for seed in range(2):
         assert post_image(client, png(make_smear(seed=seed)), name=f"=s{seed}.png").status_code == 200
     post_image(client, png(make_smear(cells=[])), name="empty.png")
@@ -191,6 +219,9 @@ def test_cli_arguments_and_bad_model(tmp_path, capsys):
     assert args.host == "127.0.0.1" and args.port == 8000 and args.camera is None
     assert web.main(args) == 2
     assert "model file not found" in capsys.readouterr().err
+    from hemato.cli import main as hemato
+    assert hemato(["serve", "--model", str(tmp_path / "missing.tflite"), "--port", "8001"]) == 2
+    assert "hemato serve: model file not found" in capsys.readouterr().err
 
 
 def test_default_model_path(tmp_path, monkeypatch):

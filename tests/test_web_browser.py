@@ -31,9 +31,9 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 def find_chromium() -> str | None:
-    """$CHROMIUM, else the first Chromium/Chrome on PATH."""
+    """$CHROMIUM (when executable), else the first Chromium/Chrome on PATH."""
     if os.environ.get("CHROMIUM"):
-        return os.environ["CHROMIUM"]
+        return shutil.which(os.environ["CHROMIUM"])
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
         if shutil.which(name):
             return shutil.which(name)
@@ -48,9 +48,11 @@ class DevToolsPipe:
         self._from_browser, from_browser_w = os.pipe()
         # bash puts the pipe ends where Chromium expects them (fd 3 in, fd 4 out), then becomes Chromium.
         script = f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}'
-        self.proc = subprocess.Popen(["bash", "-c", script, chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                                      "about:blank"], pass_fds=(to_browser_r, from_browser_w),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.log = profile.parent / "chromium.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(["bash", "-c", script, chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                                          "about:blank"], pass_fds=(to_browser_r, from_browser_w),
+                                         stdout=log, stderr=subprocess.STDOUT)
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._next_id = 0
@@ -86,7 +88,10 @@ class DevToolsPipe:
         try:
             reply = box.get(timeout=timeout)
         except queue.Empty:
-            raise TimeoutError(f"Chromium did not answer {method} within {timeout} s") from None
+            state = "running" if self.proc.poll() is None else f"exited with status {self.proc.returncode}"
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise TimeoutError(f"Chromium did not answer {method} within {timeout} s ({state}); "
+                               f"its output:\n{tail}") from None
         if "error" in reply:
             raise RuntimeError(f"{method}: {reply['error']}")
         return reply.get("result", {})
@@ -121,12 +126,14 @@ def server(tiny_tflite):
     app.extensions["hemato"].close()
 
 
+# Decided at collection, before the session's tiny model is built.
+pytestmark = pytest.mark.skipif(find_chromium() is None, reason="chromium not found: run .ci/install-browser "
+                                "(apt-get install chromium) or set CHROMIUM=/path/to/chromium")
+
+
 @pytest.fixture
 def browser(tmp_path):
-    chromium = find_chromium()
-    if chromium is None:
-        pytest.skip("chromium not found: run .ci/install-browser (apt-get install chromium) or set CHROMIUM=/path")
-    pipe = DevToolsPipe(chromium, tmp_path / "chromium-profile")
+    pipe = DevToolsPipe(find_chromium(), tmp_path / "chromium-profile")
     yield pipe
     pipe.close()
 
@@ -160,7 +167,7 @@ PAGE_STATE = """JSON.stringify({
 })"""
 
 
-def test_upload_shows_class_and_probability_bars(server, browser, tmp_path):
+def test_upload_shows_class_and_probability_bars(browser, server, tmp_path):
     image = tmp_path / "smear_two_cells.png"
     cv2.imwrite(str(image), make_smear(640, 480, cells=[(170, 160, 45), (470, 320, 50)], seed=4))
 
