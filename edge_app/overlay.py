@@ -74,8 +74,8 @@ class Display:
             cv2.imshow(WINDOW, bgr)
             key = cv2.waitKey(self.wait_ms) & 0xFF
         except cv2.error as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "no GUI support"
-            print(f"hemato run: cannot open a window ({reason}); continuing headless. "
+            reason = (getattr(exc, "err", None) or str(exc) or "no GUI support").strip().split(". ")[0]
+            print(f"hemato run: cannot open a window (cv2.imshow: {reason}); continuing headless. "
                   "opencv-python-headless has no GUI: install opencv-python to use --show.", file=sys.stderr)
             self.enabled = False
             return True

@@ -28,8 +28,7 @@ class CsvWriter:
 
     def __init__(self, path: str | Path, labels: list[str], fsync: bool = False):
         self.path, self.labels, self.fsync = Path(path), list(labels), fsync
-        if self.path.parent != Path(""):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: TextIO = open(self.path, "w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._file)
         self._put(csv_columns(self.labels))

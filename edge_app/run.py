@@ -22,9 +22,9 @@ from edge_app.metadata import ModelFileError
 from edge_app.model import Classifier, runtime_version
 from edge_app.model_path import DEFAULT_MODEL_NAME, MODEL_ENV, default_model_path
 from edge_app.overlay import Display, FpsMeter, display_available, draw_results
-from edge_app.pipeline import classify_frame
+from edge_app.pipeline import FrameResult, classify_frame
 from edge_app.results import CsvWriter, RunStats
-from edge_app.sources import Frame, SourceError, SourceLost, open_source
+from edge_app.sources import Frame, Source, SourceError, SourceLost, open_source
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE = 0, 1, 2
 PROGRESS_EVERY_S = 10.0
@@ -34,6 +34,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
     return value
 
 
@@ -62,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="answer UNCERTAIN below this confidence (default: the model's own threshold)")
     parser.add_argument("--every", type=_positive_int, default=1,
                         help="classify every Nth frame of a video or camera (default: 1)")
-    parser.add_argument("--reopen", type=int, default=3,
+    parser.add_argument("--reopen", type=_non_negative_int, default=3,
                         help="times a camera that stops delivering is reopened before giving up (default: 3)")
     parser.add_argument("--json-summary", metavar="PATH", help="also write the summary as JSON")
     parser.add_argument("--fsync", action="store_true", help="fsync the CSV after every row (slower, safest)")
@@ -127,7 +134,7 @@ def warm_up(classifier: Classifier) -> None:
 
 
 def process_frame(frame: Frame, classifier: Classifier, writer: CsvWriter, stats: RunStats,
-                  min_confidence: float | None = None):
+                  min_confidence: float | None = None) -> FrameResult | None:
     """Classify one frame, write its rows and count it; the FrameResult, or None for an unusable frame."""
     error = frame.error
     result = None
@@ -150,7 +157,7 @@ def process_frame(frame: Frame, classifier: Classifier, writer: CsvWriter, stats
     return result
 
 
-def run(classifier: Classifier, source, writer: CsvWriter, min_confidence: float | None = None,
+def run(classifier: Classifier, source: Source, writer: CsvWriter, min_confidence: float | None = None,
         display: Display | None = None, stop: threading.Event | None = None) -> tuple[RunStats, int]:
     """Classify every frame of the source into the writer until it ends or a stop is asked; (stats, status)."""
     stats = RunStats(classifier.labels)
@@ -188,11 +195,11 @@ def run(classifier: Classifier, source, writer: CsvWriter, min_confidence: float
 
 
 def _error(message: str) -> int:
-    print(f"hemato run: error: {message}", file=sys.stderr)
+    print(f"hemato run: error: {' '.join(message.split())}", file=sys.stderr)
     return EXIT_USAGE
 
 
-def _make_display(args: argparse.Namespace, source) -> Display | None:
+def _make_display(args: argparse.Namespace, source: Source) -> Display | None:
     """A window when --show was asked (or by default for a camera on a desktop), else None."""
     if args.headless or not (args.show or source.live):
         return None
@@ -233,9 +240,12 @@ def main(args: argparse.Namespace) -> int:
     print(stats.format())
     print(f"Results: {writer.path}")
     if args.json_summary:
-        stats.write_json(args.json_summary, {"model": str(classifier.path), "runtime": classifier.runtime,
-                                             "threads": classifier.threads, "source": args.source,
-                                             "csv": str(writer.path), "exit_status": status})
+        try:
+            stats.write_json(args.json_summary, {"model": str(classifier.path), "runtime": classifier.runtime,
+                                                 "threads": classifier.threads, "source": args.source,
+                                                 "csv": str(writer.path), "exit_status": status})
+        except OSError as exc:
+            status = status or _error(f"cannot write {args.json_summary}: {exc.strerror or exc}")
     if status == EXIT_SOURCE_LOST:
         print(f"hemato run: error: {stats.stopped}; the results so far are in {writer.path}", file=sys.stderr)
     return status

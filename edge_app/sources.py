@@ -215,9 +215,12 @@ def picamera_opener() -> Callable[[], Any]:
     return lambda: _PicameraCapture(Picamera2)
 
 
+Source = ImageFiles | VideoFile | Camera
+
+
 def open_source(spec: str, every: int = 1, camera_opener: Callable[[], Any] | None = None,
                 reopen_attempts: int = 3, backoff_s: float = 0.5,
-                stop: threading.Event | None = None) -> ImageFiles | VideoFile | Camera:
+                stop: threading.Event | None = None) -> Source:
     """The source named on the command line: camera index, "picamera", folder, video or image file."""
     if spec.isdigit():
         opener = camera_opener or (lambda: cv2.VideoCapture(int(spec)))

@@ -143,9 +143,13 @@ def test_default_model_lookup(tmp_path, smear_folder, tiny_tflite, monkeypatch):
     assert (tmp_path / "results.csv").is_file()  # the default CSV, in the current folder
 
 
-def test_source_problems_exit_2(tmp_path, tiny_tflite, capsys):
+def test_source_and_output_problems_exit_2(tmp_path, smear_folder, tiny_tflite, capsys):
     assert hemato(["run", str(tmp_path / "nowhere"), "--model", str(tiny_tflite)]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert hemato(["run", str(smear_folder), "--model", str(tiny_tflite), "--csv", str(blocker / "r.csv")]) == 2
+    assert "hemato run: error: cannot write" in capsys.readouterr().err
 
 
 def fake_camera_source(monkeypatch, opener):
