@@ -22,7 +22,6 @@ import threading  # noqa: E402
 import time  # noqa: E402
 import unicodedata  # noqa: E402
 from collections import OrderedDict  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import cv2  # noqa: E402
@@ -32,7 +31,7 @@ from werkzeug.exceptions import HTTPException  # noqa: E402
 
 from edge_app.metadata import ModelFileError  # noqa: E402
 from edge_app.model import Classifier, runtime_version  # noqa: E402
-from edge_app.model_path import default_model_path  # noqa: E402
+from edge_app.model_path import DEFAULT_MODEL_NAME, MODEL_ENV  # noqa: E402
 from edge_app.overlay import draw_results  # noqa: E402
 from edge_app.pipeline import UNCERTAIN, FrameResult, classify_frame  # noqa: E402
 from edge_app.results import BASE_COLUMNS, csv_columns  # noqa: E402
@@ -317,7 +316,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `hemato serve`."""
-    parser.add_argument("--model", help="the .tflite model (default: $HEMATO_MODEL, else models/wbc_mobilenetv2_int8.tflite)")
+    parser.add_argument("--model", help=f"the .tflite model (default: ${MODEL_ENV}, else models/{DEFAULT_MODEL_NAME} "
+                                        "in the current folder, then in the repository)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -331,9 +331,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Load the model and serve until Ctrl-C or SIGTERM; 2 when the model cannot be loaded (1: port taken)."""
-    path = Path(args.model).expanduser() if args.model else default_model_path()
+    from edge_app.run import find_model  # the same lookup and messages as `hemato run`
     try:
-        classifier = Classifier(path, threads=args.threads)
+        classifier = Classifier(find_model(args.model), threads=args.threads)
     except (ModelFileError, RuntimeError) as exc:
         print(f"hemato serve: {exc}", file=sys.stderr)
         return 2

@@ -212,7 +212,7 @@ def test_no_camera_endpoints_are_404(client):
     assert client.get("/api/nothing").get_json()["status"] == 404
 
 
-def test_cli_arguments_and_bad_model(tmp_path, capsys):
+def test_cli_arguments_and_bad_model(tmp_path, capsys, monkeypatch):
     parser = argparse.ArgumentParser()
     web.add_arguments(parser)
     args = parser.parse_args(["--model", str(tmp_path / "missing.tflite")])
@@ -222,6 +222,9 @@ def test_cli_arguments_and_bad_model(tmp_path, capsys):
     from hemato.cli import main as hemato
     assert hemato(["serve", "--model", str(tmp_path / "missing.tflite"), "--port", "8001"]) == 2
     assert "hemato serve: model file not found" in capsys.readouterr().err
+    monkeypatch.setenv("HEMATO_MODEL", str(tmp_path / "gone.tflite"))
+    assert hemato(["serve"]) == 2
+    assert "gone.tflite (from $HEMATO_MODEL)" in capsys.readouterr().err
 
 
 def test_default_model_path(tmp_path, monkeypatch):
