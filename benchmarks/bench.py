@@ -155,6 +155,8 @@ def _check(args: argparse.Namespace, notes: list[str]) -> list[dict[str, Any]]:
     folder = args.pipeline_data or args.data
     if folder and not args.no_pipeline and not folder.is_dir():
         raise ValueError(f"--pipeline-data {folder} is not a folder")
+    if args.pipeline_model:
+        read_model_metadata(args.pipeline_model)
     if args.runs < REFERENCE_RUNS:
         _note(notes, f"--runs {args.runs} is below the reference {REFERENCE_RUNS}: p95/p99 are rough")
     cores = os.cpu_count() or 1
