@@ -242,6 +242,7 @@ def test_headless_never_opens_a_window(tmp_path, tiny_tflite, monkeypatch):
 
 
 @requires_real_data
+@pytest.mark.realdata
 def test_test_simple_one_row_per_image_with_the_stained_cell_in_its_box(tmp_path, tiny_tflite):
     folder = SHARED_DATA / "TEST_SIMPLE"
     out = tmp_path / "ts.csv"
