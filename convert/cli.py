@@ -10,6 +10,8 @@ from convert.calibration import CalibrationError, build_calibration_set
 from convert.converter import IO_TYPES, VARIANTS, ConversionError, convert_run, crop_settings, read_run_metadata
 from edge_app.metadata import ModelFileError
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is imported later; keep its INFO lines out
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=Path, help="training run folder holding model.keras and metadata.json")
@@ -27,22 +29,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Convert one run folder as the arguments say; returns the exit status."""
     out = args.out or Path("models") / f"{args.run.name}_{args.quant}.tflite"
     if args.quant != "int8" and (args.calib or args.io or args.io_out):
         raise ConversionError("--calib, --io and --io-out apply only to --quant int8")
+    meta = read_run_metadata(args.run)  # fail on a bad run folder before any slow step
     calibration = None
     if args.quant == "int8":
         if args.calib is None:
             raise ConversionError("--quant int8 needs --calib FOLDER of real images (e.g. the TRAIN split)")
-        meta = read_run_metadata(args.run)
         calibration = build_calibration_set(args.calib, crop_settings(meta), args.calib_count, args.seed)
+    print(f"converting {args.run} to {args.quant} ...", file=sys.stderr, flush=True)
     written = convert_run(args.run, args.quant, out, calibration, args.io or "uint8", args.io_out or "float32")
     from edge_app.model import Classifier
     classifier = Classifier(out, threads=1)  # proves the device runtime can load it
     print(f"wrote {out}: {args.quant}, {os.path.getsize(out) / 1e6:.2f} MB, "
           f"input {classifier.input_dtype} output {classifier.output_dtype}, "
           f"{len(written['labels'])} labels, input {written['input_size']} px")
+    warn_if_input_clipped(out)
     return 0
+
+
+def warn_if_input_clipped(path: Path) -> None:
+    """Integer input is exact only when calibration spanned pixels 0..255 (scale 1); say so otherwise."""
+    import numpy as np
+    from edge_app.model import interpreter_class
+    details = interpreter_class()[0](model_path=str(path)).get_input_details()[0]
+    scale, zero = details["quantization"]
+    if np.issubdtype(details["dtype"], np.integer) and scale and abs(scale - 1.0) > 1e-3:
+        info = np.iinfo(details["dtype"])
+        low, high = (info.min - zero) * scale, (info.max - zero) * scale
+        print(f"hemato convert: warning: calibration crops span pixels {low:.0f}..{high:.0f}, not 0..255; "
+              "pixels outside that range are clipped", file=sys.stderr)
 
 
 def main(args: argparse.Namespace) -> int:

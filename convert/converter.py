@@ -1,11 +1,10 @@
 """Turn a training run folder (model.keras + metadata.json) into a TFLite file that carries its metadata.
 
-I/O types of the int8 variant: uint8 in (the pipeline's crops are uint8 pixels; with the
-calibrated range 0..255 the input scale is ~1, so quantising the input loses nothing) and
-float32 out by default. The logits leave the graph through a DEQUANTIZE, so they carry the
-same int8 resolution as a uint8 output would; float32 only saves the device one dequantise
-and keeps the output tensor readable by any tool. See tests/test_convert.py for the
-agreement of each choice, which is reported in the conversion README of issue 4.
+int8 I/O defaults, uint8 in and float32 out, from a measurement (test_int8_io_types_change_only_the_boundary):
+every --io/--io-out pair gives bit-identical dequantised logits, since the int8 graph is the same and the I/O
+type only adds a QUANTIZE/DEQUANTIZE with the same scale at the boundary. uint8 in is the crop's own type and
+is exact (real crops calibrate to scale 1, zero point 0); float32 out holds the same int8 steps as uint8 out,
+no finer, but needs no zero-point handling by whoever reads the logits.
 """
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ class ConversionError(ValueError):
 
 
 def read_run_metadata(run_dir: Path) -> dict[str, Any]:
-    """metadata.json of a run folder, checked against the training contract."""
+    """metadata.json of a run folder (which must also hold model.keras), checked against the training contract."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConversionError(f"run folder not found: {run_dir}")
@@ -50,6 +49,15 @@ def read_run_metadata(run_dir: Path) -> dict[str, Any]:
         raise ConversionError(f"{meta_path}: 'output' must be 'logits' or 'probabilities'")
     if not isinstance(meta.get("crop", {}), dict):
         raise ConversionError(f"{meta_path}: 'crop' must be a dict of CropSettings")
+    if meta.get("temperature") is None:
+        meta["temperature"] = 1.0
+    if not isinstance(meta["temperature"], (int, float)) or meta["temperature"] <= 0:
+        raise ConversionError(f"{meta_path}: 'temperature' must be a positive number")
+    threshold = meta.get("min_confidence")
+    if threshold is not None and (not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1):
+        raise ConversionError(f"{meta_path}: 'min_confidence' must be null or a number in [0, 1]")
+    if not (run_dir / "model.keras").is_file():
+        raise ConversionError(f"{run_dir} has no model.keras")
     return meta
 
 
@@ -122,7 +130,6 @@ def tflite_metadata(run_meta: dict[str, Any], variant: str, io_dtypes: dict[str,
     meta = {**run_meta, "crop": crop_settings(run_meta).to_dict(), "variant": variant, "io": io_dtypes,
             "source_sha256": source_sha256}
     meta.setdefault("output", "logits")
-    meta.setdefault("temperature", 1.0)
     if calibration is not None:
         meta["calibration"] = calibration.info()
     return meta

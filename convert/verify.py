@@ -167,7 +167,7 @@ def markdown(report: dict[str, Any]) -> str:
     for i, m in enumerate(models):
         c = comps[i - 1] if i else None
         ms = "-" if m["mean_invoke_ms"] is None else f"{m['mean_invoke_ms']:.2f}"
-        cells = [m["name"], m["variant"], f"{m['io']['input']}/{m['io']['output']}", f"{m['size_mb']:.2f}",
+        cells = [m["name"], m["variant"], f"{m['io']['input']}/{m['io']['output']}", f"{m['size_mb']:.3f}",
                  f"{c['size_ratio']:.3f}" if c else "1", _pct(m["accuracy"]), str(m["no_cell"]),
                  f"{c['accuracy_drop_pp']:+.2f}" if c else "ref", _pct(c["agreement"]) if c else "ref",
                  f"{c['mean_abs_prob_diff']:.4f}" if c else "ref", ms,
