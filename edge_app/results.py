@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -15,7 +17,9 @@ from edge_app.pipeline import UNCERTAIN, CellResult
 BASE_COLUMNS = ["source", "frame", "cell", "label", "predicted", "confidence",
                 "x0", "y0", "x1", "y1", "latency_ms", "error"]
 STAGES = ("decode", "localise", "preprocess", "invoke", "write")
-MAX_FAILURES_LISTED = 20
+MAX_FAILURES_LISTED = 20   # in the printed summary
+MAX_FAILURES_KEPT = 1000   # in memory and the JSON summary (a long run keeps counting past it)
+MAX_SAMPLES = 100_000      # latest latencies kept for the p95; means cover every frame
 
 
 def csv_columns(labels: list[str]) -> list[str]:
@@ -23,57 +27,87 @@ def csv_columns(labels: list[str]) -> list[str]:
     return BASE_COLUMNS + [f"p_{label}" for label in labels]
 
 
-class CsvWriter:
-    """Writes the header once, then flushes every row so a power cut loses at most the row in progress."""
+def one_line(text: str) -> str:
+    """Text with CR/LF written as \\r/\\n, so that every CSV row is exactly one line (repairable line-wise)."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
-    def __init__(self, path: str | Path, labels: list[str], fsync: bool = False):
+
+class CsvWriter:
+    """Writes the header once (or appends to a resumed CSV), then each row as one flushed write, so that a
+    power cut loses at most the row in progress."""
+
+    def __init__(self, path: str | Path, labels: list[str], fsync: bool = False, append: bool = False):
         self.path, self.labels, self.fsync = Path(path), list(labels), fsync
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: TextIO = open(self.path, "w", newline="", encoding="utf-8")
-        self._csv = csv.writer(self._file)
-        self._put(csv_columns(self.labels))
+        self._file: TextIO = open(self.path, "a" if append else "w", newline="", encoding="utf-8")
+        self._line = io.StringIO()
+        self._csv = csv.writer(self._line)
+        if not append:
+            self._put(csv_columns(self.labels))
 
     def _put(self, row: list[Any]) -> None:
+        self._line.seek(0)
+        self._line.truncate()
         self._csv.writerow(row)
+        self._file.write(self._line.getvalue())
         self._file.flush()
         if self.fsync:
             os.fsync(self._file.fileno())
 
     def write_cell(self, source: str, frame: int, index: int, cell: CellResult, latency_ms: float) -> None:
         b = cell.box
-        self._put([source, frame, index, cell.label, cell.predicted, f"{cell.confidence:.4f}",
+        self._put([one_line(source), frame, index, cell.label, cell.predicted, f"{cell.confidence:.4f}",
                    b.x0, b.y0, b.x1, b.y1, f"{latency_ms:.2f}", ""]
                   + [f"{p:.4f}" for p in cell.probabilities])
 
     def write_error(self, source: str, frame: int, error: str) -> None:
-        self._put([source, frame, "", "", "", "", "", "", "", "", "", error] + [""] * len(self.labels))
+        self._put([one_line(source), frame, "", "", "", "", "", "", "", "", "", one_line(error)]
+                  + [""] * len(self.labels))
 
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
 
 
-def _p95(values: list[float]) -> float:
-    return float(np.percentile(values, 95)) if values else 0.0
+class Series:
+    """A timing over a run: count and mean of every value, the p95 of the latest MAX_SAMPLES (bounded memory)."""
 
+    def __init__(self) -> None:
+        self.count, self.total = 0, 0.0
+        self.recent: deque[float] = deque(maxlen=MAX_SAMPLES)
 
-def _mean(values: list[float]) -> float:
-    return float(np.mean(values)) if values else 0.0
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.recent.append(value)
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    @property
+    def p95(self) -> float:
+        return float(np.percentile(self.recent, 95)) if self.recent else 0.0
 
 
 @dataclass
 class RunStats:
-    """Counts and timings of a run, for the summary printed at the end."""
+    """Counts and timings of a run, for the summary printed at the end; memory stays bounded on long runs."""
 
     labels: list[str]
-    images: int = 0                 # frames decoded (failures are counted in `failures`)
+    images: int = 0                 # frames decoded (failures are counted in `failed`)
     no_cell: int = 0                # decoded frames where no white blood cell was found
     cells: dict[str, int] = field(default_factory=dict)  # answer (a class or UNCERTAIN) -> count
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (source, why)
-    latency_ms: list[float] = field(default_factory=list)  # decode..invoke per decoded frame
-    stages_ms: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    failed: int = 0                 # frames that could not be used
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (source, why), the first MAX_FAILURES_KEPT
+    latency_ms: Series = field(default_factory=Series)  # decode..invoke per decoded frame
+    stages_ms: dict[str, Series] = field(default_factory=lambda: {s: Series() for s in STAGES})
     elapsed_s: float = 0.0
     stopped: str = ""               # why the run ended early ("" when it ran to the end)
+    notes: list[str] = field(default_factory=list)  # resumed CSV, camera faults, vanished files
 
     def add_frame(self, cells: list[CellResult], timings_ms: dict[str, float]) -> None:
         self.images += 1
@@ -82,11 +116,13 @@ class RunStats:
         for cell in cells:
             self.cells[cell.label] = self.cells.get(cell.label, 0) + 1
         for stage, ms in timings_ms.items():
-            self.stages_ms.setdefault(stage, []).append(ms)
-        self.latency_ms.append(sum(timings_ms.get(s, 0.0) for s in ("decode", "localise", "preprocess", "invoke")))
+            self.stages_ms.setdefault(stage, Series()).add(ms)
+        self.latency_ms.add(sum(timings_ms.get(s, 0.0) for s in ("decode", "localise", "preprocess", "invoke")))
 
     def add_failure(self, source: str, error: str) -> None:
-        self.failures.append((source, error))
+        self.failed += 1
+        if len(self.failures) < MAX_FAILURES_KEPT:
+            self.failures.append((source, error))
 
     @property
     def classified(self) -> int:
@@ -100,19 +136,19 @@ class RunStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "images_read": self.images + len(self.failures), "images_decoded": self.images,
-            "images_failed": len(self.failures), "images_without_cell": self.no_cell,
+            "images_read": self.images + self.failed, "images_decoded": self.images,
+            "images_failed": self.failed, "images_without_cell": self.no_cell,
             "cells_classified": self.classified, "uncertain": self.cells.get(UNCERTAIN, 0),
             "differential": {label: {"count": n, "percent": round(pct, 2)} for label, n, pct in self.differential()},
             "failures": [{"source": s, "error": e} for s, e in self.failures],
-            "latency_ms": {"mean": round(_mean(self.latency_ms), 3), "p95": round(_p95(self.latency_ms), 3)},
-            "stage_mean_ms": {s: round(_mean(v), 3) for s, v in self.stages_ms.items()},
-            "elapsed_s": round(self.elapsed_s, 3), "stopped": self.stopped,
+            "latency_ms": {"mean": round(self.latency_ms.mean, 3), "p95": round(self.latency_ms.p95, 3)},
+            "stage_mean_ms": {s: round(v.mean, 3) for s, v in self.stages_ms.items()},
+            "elapsed_s": round(self.elapsed_s, 3), "stopped": self.stopped, "notes": self.notes,
         }
 
     def format(self) -> str:
         """The human-readable summary: counts, differential, failures, latency."""
-        failed = len(self.failures)
+        failed = self.failed
         lines = [f"Images read: {self.images + failed}  ({failed} failed, {self.no_cell} with no cell found)",
                  f"Cells classified: {self.classified}"]
         uncertain = self.cells.get(UNCERTAIN, 0)
@@ -130,11 +166,12 @@ class RunStats:
             if failed > MAX_FAILURES_LISTED:
                 lines.append(f"  ... and {failed - MAX_FAILURES_LISTED} more (see the error column of the CSV)")
         if self.latency_ms:
-            stages = ", ".join(f"{s} {_mean(v):.1f}" for s, v in self.stages_ms.items() if v)
-            lines.append(f"Latency per image: mean {_mean(self.latency_ms):.1f} ms, p95 {_p95(self.latency_ms):.1f} ms "
+            stages = ", ".join(f"{s} {v.mean:.1f}" for s, v in self.stages_ms.items() if v)
+            lines.append(f"Latency per image: mean {self.latency_ms.mean:.1f} ms, p95 {self.latency_ms.p95:.1f} ms "
                          f"(stage means, ms: {stages})")
         if self.elapsed_s and self.images:
             lines.append(f"Throughput: {self.images / self.elapsed_s:.1f} images/s over {self.elapsed_s:.1f} s")
+        lines += [f"Note: {note}" for note in self.notes]
         if self.stopped:
             lines.append(f"Stopped early: {self.stopped}")
         return "\n".join(lines)

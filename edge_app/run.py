@@ -1,11 +1,13 @@
 """`hemato run`: classify every white blood cell in images, a folder, a video or a camera, into a CSV.
 
 Exit status: 0 done (or ended with q in the window), 1 a camera stopped delivering frames,
-2 bad model, source or arguments, 130/143 stopped by Ctrl-C/SIGTERM (results so far are saved).
+2 bad model, source, CSV or arguments, 130/143 stopped by Ctrl-C/SIGTERM (results so far are saved).
+An existing CSV is resumed (see edge_app.resume) unless --overwrite is given.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -22,9 +24,11 @@ from edge_app.metadata import ModelFileError
 from edge_app.model import Classifier, runtime_version
 from edge_app.model_path import DEFAULT_MODEL_NAME, MODEL_ENV, default_model_path
 from edge_app.overlay import Display, FpsMeter, display_available, draw_results
-from edge_app.pipeline import FrameResult, classify_frame
-from edge_app.results import CsvWriter, RunStats
+from edge_app.pipeline import CellResult, FrameResult, classify_frame
+from edge_app.results import CsvWriter, RunStats, csv_columns
+from edge_app.resume import CsvMismatch, resume_csv
 from edge_app.sources import Frame, Source, SourceError, SourceLost, open_source
+from edge_app.vision import Box
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE = 0, 1, 2
 PROGRESS_EVERY_S = 10.0
@@ -44,6 +48,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 3600.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 3600 seconds")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -57,7 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                        "(.mp4 .avi .mov .mkv .m4v), a camera index such as 0, or picamera")
     parser.add_argument("--model", help=f"the .tflite model (default: ${MODEL_ENV}, else models/{DEFAULT_MODEL_NAME} "
                                         "in the current folder, then in the repository)")
-    parser.add_argument("--csv", default="results.csv", help="where to write one row per cell (default: results.csv)")
+    parser.add_argument("--csv", default="results.csv",
+                        help="where to write one row per cell (default: results.csv). An existing CSV is resumed: "
+                             "sources already in it are skipped, new rows are appended")
+    parser.add_argument("--overwrite", action="store_true", help="start the CSV afresh instead of resuming it")
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="interpreter threads (default: all cores)")
     view = parser.add_mutually_exclusive_group()
@@ -69,8 +83,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="answer UNCERTAIN below this confidence (default: the model's own threshold)")
     parser.add_argument("--every", type=_positive_int, default=1,
                         help="classify every Nth frame of a video or camera (default: 1)")
+    parser.add_argument("--read-retries", type=_non_negative_int, default=3,
+                        help="failed camera reads retried (0.1 s apart) before the camera is reopened (default: 3)")
     parser.add_argument("--reopen", type=_non_negative_int, default=3,
                         help="times a camera that stops delivering is reopened before giving up (default: 3)")
+    parser.add_argument("--watch", action="store_true",
+                        help="keep watching the folder and classify each new image once it is completely written "
+                             "(until Ctrl-C or SIGTERM)")
+    parser.add_argument("--poll", type=_seconds, default=1.0, metavar="S",
+                        help="with --watch: look for new files every S seconds (default: 1)")
+    parser.add_argument("--settle", type=_seconds, default=2.0, metavar="S",
+                        help="with --watch: a file is complete once its size and time are unchanged for S seconds "
+                             "(default: 2)")
     parser.add_argument("--json-summary", metavar="PATH", help="also write the summary as JSON")
     parser.add_argument("--fsync", action="store_true", help="fsync the CSV after every row (slower, safest)")
 
@@ -133,6 +157,16 @@ def warm_up(classifier: Classifier) -> None:
     classify_frame(classifier, frame)
 
 
+def _in_source_pixels(cell: CellResult, scale: float) -> CellResult:
+    """The cell with its box in the source image's pixels (the frame may be a reduced huge image)."""
+    if scale == 1.0:
+        return cell
+    b = cell.box
+    box = Box(round(b.x0 * scale), round(b.y0 * scale), round(b.x1 * scale), round(b.y1 * scale),
+              round(b.stained_area * scale * scale))
+    return dataclasses.replace(cell, box=box)
+
+
 def process_frame(frame: Frame, classifier: Classifier, writer: CsvWriter, stats: RunStats,
                   min_confidence: float | None = None) -> FrameResult | None:
     """Classify one frame, write its rows and count it; the FrameResult, or None for an unusable frame."""
@@ -141,7 +175,7 @@ def process_frame(frame: Frame, classifier: Classifier, writer: CsvWriter, stats
     if frame.image is not None:
         try:
             result = classify_frame(classifier, _as_bgr(frame.image), min_confidence)
-        except (cv2.error, ValueError) as exc:
+        except (cv2.error, ValueError, MemoryError) as exc:
             error = f"cannot classify: {exc}".splitlines()[0]
     if result is None:
         writer.write_error(frame.source, frame.index, error or "no image")
@@ -151,7 +185,7 @@ def process_frame(frame: Frame, classifier: Classifier, writer: CsvWriter, stats
     latency = sum(timings.values())
     start = time.perf_counter()
     for index, cell in enumerate(result.cells):
-        writer.write_cell(frame.source, frame.index, index, cell, latency)
+        writer.write_cell(frame.source, frame.index, index, _in_source_pixels(cell, frame.scale), latency)
     timings["write"] = (time.perf_counter() - start) * 1000
     stats.add_frame(result.cells, timings)
     return result
@@ -210,30 +244,70 @@ def _make_display(args: argparse.Namespace, source: Source) -> Display | None:
     return Display(wait_ms=1 if source.stream else 0)
 
 
+def _model_error(exc: Exception, path: Path | None) -> str:
+    """The loader's message, naming the model file when it does not already."""
+    message = str(exc)
+    return message if path is None or str(path) in message else f"{path}: {message}"
+
+
+def open_csv(path: str, labels: list[str], source: Source, overwrite: bool = False,
+             fsync: bool = False) -> tuple[CsvWriter, list[str]]:
+    """The CSV writer, resuming an existing CSV unless overwrite; and notes on what resuming did.
+
+    Raises CsvMismatch (other columns) or OSError (cannot read or write it).
+    """
+    notes = []
+    resume = None
+    csv_path = Path(path)
+    if not overwrite and csv_path.is_file() and csv_path.stat().st_size:
+        resume = resume_csv(csv_path, csv_columns(labels), source.covers)
+    if resume is not None:
+        if resume.cut_bytes:
+            notes.append(f"removed a half-written last row ({resume.cut_bytes} bytes) from {path}")
+        skipped = source.skip(resume.done)
+        notes.append(f"resumed {path}: {resume.rows} rows kept"
+                     + (f", {skipped} sources already in it skipped" if skipped else "")
+                     + (f"; {resume.redo} is classified again (its {resume.redo_rows} rows may be incomplete)"
+                        if resume.redo else ""))
+    return CsvWriter(path, labels, fsync=fsync, append=resume is not None), notes
+
+
 def main(args: argparse.Namespace) -> int:
-    """Load the model (failing fast), open the source, classify everything, print the summary."""
+    """Load the model (failing fast), open the source and CSV, classify everything, print the summary."""
+    model_path = None
     try:
-        classifier = Classifier(find_model(args.model), threads=args.threads)
+        model_path = find_model(args.model)
+        classifier = Classifier(model_path, threads=args.threads)
     except (ModelFileError, RuntimeError) as exc:
-        return _error(str(exc))
+        return _error(_model_error(exc, model_path if isinstance(exc, ModelFileError) else None))
     stopper = Stopper()
     try:
-        source = open_source(args.source, every=args.every, reopen_attempts=args.reopen, stop=stopper.event)
+        source = open_source(args.source, every=args.every, reopen_attempts=args.reopen, stop=stopper.event,
+                             read_retries=args.read_retries, watch=args.watch, poll_s=args.poll,
+                             settle_s=args.settle)
     except SourceError as exc:
         return _error(str(exc))
     try:
-        writer = CsvWriter(args.csv, classifier.labels, fsync=args.fsync)
+        writer, notes = open_csv(args.csv, classifier.labels, source, args.overwrite, args.fsync)
+    except CsvMismatch as exc:
+        source.close()
+        return _error(str(exc))
     except OSError as exc:
         source.close()
         return _error(f"cannot write {args.csv}: {exc.strerror or exc}")
+    for note in notes:
+        print(f"hemato run: {note}", file=sys.stderr)
     display = _make_display(args, source)
     if display is not None and not source.stream:
         print("hemato run: press any key for the next image, q to stop", file=sys.stderr)
     print(f"Model: {classifier.name} ({len(classifier.labels)} classes, {classifier.input_dtype} input, "
           f"{classifier.runtime} {runtime_version(classifier.runtime)}, {classifier.threads} threads)")
+    if args.watch:
+        print(f"hemato run: watching {args.source} for new images (Ctrl-C or SIGTERM to stop)", file=sys.stderr)
     warm_up(classifier)
     with stopper.installed():
         stats, status = run(classifier, source, writer, args.min_confidence, display, stopper.event)
+    stats.notes = notes + [fault for fault in [source.faults()] if fault]
     if stopper.signum is not None:
         stats.stopped = stats.stopped or f"{signal.Signals(stopper.signum).name} received"
         status = 128 + stopper.signum

@@ -1,12 +1,13 @@
 """Frame sources for `hemato run`: image files, a folder, a video file, an OpenCV camera, the Pi camera.
 
 Every source yields Frame objects with a BGR image (OpenCV order) or an error saying why there is none.
+Sources also say which CSV `source` names they produce (covers) and can leave out names already done (skip),
+so that a run can resume a CSV.
 """
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -14,9 +15,13 @@ import cv2
 import numpy as np
 
 from edge_app.dataset import IMAGE_SUFFIXES, images_in
+from edge_app.frames import VANISHED, Frame, image_frame, read_image
+from edge_app.watch import WatchFolder
+
+__all__ = ["Camera", "Frame", "ImageFiles", "Source", "SourceError", "SourceLost", "VideoFile", "WatchFolder",
+           "open_source", "read_image"]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
-UNREADABLE = "not a readable image"
 
 
 class SourceError(RuntimeError):
@@ -27,29 +32,6 @@ class SourceLost(RuntimeError):
     """A live source stopped delivering frames and could not be reopened."""
 
 
-@dataclass
-class Frame:
-    """One frame to classify: `image` is BGR uint8, or None with `error` saying why."""
-
-    source: str
-    index: int
-    image: np.ndarray | None
-    error: str = ""
-    decode_ms: float = 0.0
-
-
-def read_image(path: str | Path) -> tuple[np.ndarray | None, str]:
-    """Decode an image file to BGR (unicode paths work); (None, reason) when it cannot be used."""
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as exc:
-        return None, f"cannot read file: {exc.strerror or exc}"
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        return None, UNREADABLE
-    return image, ""
-
-
 class ImageFiles:
     """Still images, one frame each, decoded lazily in the given order."""
 
@@ -58,11 +40,24 @@ class ImageFiles:
     def __init__(self, paths: list[Path]):
         self.paths = list(paths)
 
+    def covers(self, name: str) -> bool:
+        return any(str(path) == name for path in self.paths)
+
+    def skip(self, done: set[str]) -> int:
+        """Leave out images whose rows are already in the CSV; how many were left out."""
+        before = len(self.paths)
+        self.paths = [path for path in self.paths if str(path) not in done]
+        return before - len(self.paths)
+
     def __iter__(self) -> Iterator[Frame]:
         for path in self.paths:
-            start = time.perf_counter()
-            image, error = read_image(path)
-            yield Frame(str(path), 0, image, error, (time.perf_counter() - start) * 1000)
+            try:
+                yield image_frame(path)
+            except FileNotFoundError:
+                yield Frame(str(path), 0, None, VANISHED)
+
+    def faults(self) -> str:
+        return ""
 
     def close(self) -> None:
         pass
@@ -75,13 +70,22 @@ class VideoFile:
 
     def __init__(self, path: Path, every: int = 1):
         self.path, self.every = Path(path), max(1, every)
+        self.skipped = False
         self._cap = cv2.VideoCapture(str(self.path))
         if not self._cap.isOpened():
             raise SourceError(f"cannot open video {self.path}: OpenCV has no reader for it")
 
+    def covers(self, name: str) -> bool:
+        return name == self.path.name
+
+    def skip(self, done: set[str]) -> int:
+        """Leave the whole video out when its rows are already in the CSV; 1 if so."""
+        self.skipped = self.path.name in done
+        return int(self.skipped)
+
     def __iter__(self) -> Iterator[Frame]:
         index = 0
-        while True:
+        while not self.skipped:
             start = time.perf_counter()
             if index % self.every:
                 ok, image = self._cap.grab(), None
@@ -93,12 +97,15 @@ class VideoFile:
                 yield Frame(self.path.name, index, image, "", (time.perf_counter() - start) * 1000)
             index += 1
 
+    def faults(self) -> str:
+        return ""
+
     def close(self) -> None:
         self._cap.release()
 
 
 class Camera:
-    """A live camera; reopened with backoff when it stops delivering, then SourceLost.
+    """A live camera: failed reads are retried, then the camera is reopened with backoff, then SourceLost.
 
     `opener()` returns an object with read() -> (ok, bgr) and release() (cv2.VideoCapture or a fake),
     so tests can inject a camera that fails.
@@ -107,15 +114,27 @@ class Camera:
     live, stream = True, True
 
     def __init__(self, name: str, opener: Callable[[], Any], every: int = 1, reopen_attempts: int = 3,
-                 backoff_s: float = 0.5, stop: threading.Event | None = None):
+                 backoff_s: float = 0.5, stop: threading.Event | None = None, read_retries: int = 3,
+                 retry_wait_s: float = 0.1):
         self.name, self.opener, self.every = name, opener, max(1, every)
         self.reopen_attempts, self.backoff_s = reopen_attempts, backoff_s
+        self.read_retries, self.retry_wait_s = read_retries, retry_wait_s
         self.stop = stop or threading.Event()
         self.reopens = 0  # reopenings that delivered frames again
+        self.failed_reads = 0  # reads that gave no frame while the camera was open
         self._cap: Any = None
 
+    def covers(self, name: str) -> bool:
+        return False  # camera frames cannot be taken again: a resumed CSV is appended to
+
+    def skip(self, done: set[str]) -> int:
+        return 0
+
     def _open(self) -> Any:
-        cap = self.opener()
+        try:
+            cap = self.opener()
+        except Exception:  # a driver that raises is a camera that did not open
+            return None
         if cap is not None and hasattr(cap, "isOpened") and not cap.isOpened():
             cap.release()
             return None
@@ -129,14 +148,26 @@ class Camera:
                 pass
         self._cap = None
 
-    def _read(self) -> np.ndarray | None:
+    def _read_once(self) -> np.ndarray | None:
         if self._cap is None:
             return None
         try:
             ok, image = self._cap.read()
         except Exception:  # drivers raise instead of returning False on unplug
-            return None
-        return image if ok and image is not None and image.size else None
+            ok, image = False, None
+        if ok and image is not None and image.size:
+            return image
+        self.failed_reads += 1
+        return None
+
+    def _read(self) -> np.ndarray | None:
+        """A frame, retrying a failed read up to read_retries times, retry_wait_s apart; None if all fail."""
+        image = self._read_once()
+        for _ in range(self.read_retries):
+            if image is not None or self._cap is None or self.stop.wait(self.retry_wait_s):
+                break
+            image = self._read_once()
+        return image
 
     def _recover(self) -> np.ndarray | None:
         """Reopen up to reopen_attempts times, waiting backoff_s, 2*backoff_s, ...; a frame or None."""
@@ -144,10 +175,7 @@ class Camera:
             self._release()
             if self.stop.wait(self.backoff_s * 2 ** attempt):
                 return None
-            try:
-                self._cap = self._open()
-            except Exception:
-                self._cap = None
+            self._cap = self._open()
             image = self._read()
             if image is not None:
                 return image
@@ -156,10 +184,7 @@ class Camera:
     def __iter__(self) -> Iterator[Frame]:
         index = 0
         opened_before = False
-        try:
-            self._cap = self._open()
-        except Exception:
-            self._cap = None
+        self._cap = self._open()
         while not self.stop.is_set():
             start = time.perf_counter()
             image = self._read()
@@ -169,14 +194,20 @@ class Camera:
                     if self.stop.is_set():
                         return
                     what = "stopped delivering frames" if opened_before else "could not be opened"
-                    raise SourceLost(f"camera {self.name} {what} (tried {self.reopen_attempts} times "
-                                     f"to reopen it)")
+                    raise SourceLost(f"camera {self.name} {what} (reads retried {self.read_retries} times, "
+                                     f"then reopened {self.reopen_attempts} times with backoff)")
                 if opened_before:
                     self.reopens += 1
             opened_before = True
             if index % self.every == 0:
                 yield Frame(f"camera:{self.name}", index, image, "", (time.perf_counter() - start) * 1000)
             index += 1
+
+    def faults(self) -> str:
+        """What went wrong with the camera during the run, for the summary ("" when nothing did)."""
+        if not (self.failed_reads or self.reopens):
+            return ""
+        return f"camera {self.name}: {self.failed_reads} failed reads, reopened {self.reopens} times"
 
     def close(self) -> None:
         self._release()
@@ -215,19 +246,25 @@ def picamera_opener() -> Callable[[], Any]:
     return lambda: _PicameraCapture(Picamera2)
 
 
-Source = ImageFiles | VideoFile | Camera
+Source = ImageFiles | VideoFile | Camera | WatchFolder
 
 
 def open_source(spec: str, every: int = 1, camera_opener: Callable[[], Any] | None = None,
-                reopen_attempts: int = 3, backoff_s: float = 0.5,
-                stop: threading.Event | None = None) -> Source:
-    """The source named on the command line: camera index, "picamera", folder, video or image file."""
-    if spec.isdigit():
-        opener = camera_opener or (lambda: cv2.VideoCapture(int(spec)))
-        return Camera(spec, opener, every, reopen_attempts, backoff_s, stop)
-    if spec == "picamera":
-        return Camera("picamera", camera_opener or picamera_opener(), every, reopen_attempts, backoff_s, stop)
+                reopen_attempts: int = 3, backoff_s: float = 0.5, stop: threading.Event | None = None,
+                read_retries: int = 3, retry_wait_s: float = 0.1, watch: bool = False, poll_s: float = 1.0,
+                settle_s: float = 2.0) -> Source:
+    """The source named on the command line: camera index, "picamera", folder (watched or not), video or image."""
+    camera = dict(every=every, reopen_attempts=reopen_attempts, backoff_s=backoff_s, stop=stop,
+                  read_retries=read_retries, retry_wait_s=retry_wait_s)
     path = Path(spec).expanduser()
+    if watch:
+        if not path.is_dir():
+            raise SourceError(f"--watch needs a folder: {spec} is not one")
+        return WatchFolder(path, poll_s, settle_s, stop)
+    if spec.isdigit():
+        return Camera(spec, camera_opener or (lambda: cv2.VideoCapture(int(spec))), **camera)
+    if spec == "picamera":
+        return Camera("picamera", camera_opener or picamera_opener(), **camera)
     if path.is_dir():
         paths = images_in(path, recursive=True)
         if not paths:
@@ -239,3 +276,4 @@ def open_source(spec: str, every: int = 1, camera_opener: Callable[[], Any] | No
         return ImageFiles([path])
     raise SourceError(f"no such file or folder: {spec} (give a folder, an image, a video, a camera index "
                       f"such as 0, or picamera)")
+

@@ -62,12 +62,13 @@ def test_folder_run_rows_boxes_and_summary(tmp_path, tiny_tflite, capsys):
         assert row["error"] == "" and float(row["latency_ms"]) > 0 and row["frame"] == "0"
     assert [r["cell"] for r in by_source["b_two.png"]] == ["0", "1"]
     (broken,) = by_source["d_broken.jpg"]
-    assert broken["error"] == "not a readable image" and broken["label"] == "" and broken["p_NEUTROPHIL"] == ""
+    assert broken["error"] == "corrupt JPEG header (bad marker)"
+    assert broken["label"] == "" and broken["p_NEUTROPHIL"] == ""
 
     summary = capsys.readouterr().out
     assert "Images read: 6  (1 failed, 1 with no cell found)" in summary
     assert "Cells classified: 5" in summary
-    assert "d_broken.jpg: not a readable image" in summary
+    assert "d_broken.jpg: corrupt JPEG header (bad marker)" in summary
     assert "Latency per image: mean" in summary and "p95" in summary and "invoke" in summary
     counted = sum(int(line.split()[1]) for line in summary.splitlines()
                   if line.strip() and line.split()[0] in LABELS)
@@ -154,7 +155,8 @@ def test_source_and_output_problems_exit_2(tmp_path, smear_folder, tiny_tflite, 
 
 def fake_camera_source(monkeypatch, opener):
     """Make `hemato run 0` open `opener` instead of a real camera, with no backoff waits."""
-    monkeypatch.setattr(run_module, "open_source", functools.partial(open_source, camera_opener=opener, backoff_s=0))
+    monkeypatch.setattr(run_module, "open_source",
+                        functools.partial(open_source, camera_opener=opener, backoff_s=0, retry_wait_s=0))
 
 
 def test_lost_camera_saves_results_and_exits_1(tmp_path, tiny_tflite, monkeypatch, capsys):

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import make_smear
-from edge_app.sources import (UNREADABLE, Camera, ImageFiles, SourceError, SourceLost, VideoFile, open_source,
-                              read_image)
+from edge_app.sources import Camera, ImageFiles, SourceError, SourceLost, VideoFile, open_source, read_image
 
 
 def write_video(path, frames: int, size=(160, 120)) -> list[np.ndarray]:
@@ -77,7 +76,7 @@ def test_folder_lists_images_recursively_sorted_and_reports_unreadable(tmp_path)
     frames = list(open_source(str(tmp_path)))
     assert [f.source for f in frames] == [str(tmp_path / n) for n in ("1.jpg", "b/2.png", "broken.jpg")]
     assert frames[0].image.shape == (240, 320, 3) and frames[0].error == ""
-    assert frames[2].image is None and frames[2].error == UNREADABLE
+    assert frames[2].image is None and frames[2].error == "not an image (unrecognised format)"
 
 
 def test_unicode_path_is_decoded(tmp_path):

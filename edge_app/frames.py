@@ -1,0 +1,46 @@
+"""The unit every source yields (Frame), and still images read into one."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_app.image_decode import ImageError, load_image
+
+VANISHED = "file vanished before it was read"
+
+
+@dataclass
+class Frame:
+    """One frame to classify: `image` is BGR uint8, or None with `error` saying why."""
+
+    source: str
+    index: int
+    image: np.ndarray | None
+    error: str = ""
+    decode_ms: float = 0.0
+    scale: float = 1.0  # source-image pixels per `image` pixel (huge images are reduced)
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray | None, str]:
+    """Decode an image file to upright BGR (edge_app.image_decode: limits, conversions, huge images reduced);
+    (None, reason) when it cannot be used."""
+    try:
+        return load_image(path).image, ""
+    except ImageError as exc:
+        return None, str(exc)
+    except FileNotFoundError:
+        return None, VANISHED
+
+
+def image_frame(path: Path) -> Frame:
+    """One still image as a timed Frame (an error Frame when unusable); FileNotFoundError if it vanished."""
+    start = time.perf_counter()
+    try:
+        decoded = load_image(path)
+        image, error, scale = decoded.image, "", decoded.scale
+    except ImageError as exc:
+        image, error, scale = None, str(exc), 1.0
+    return Frame(str(path), 0, image, error, (time.perf_counter() - start) * 1000, scale)
