@@ -18,6 +18,7 @@ from typing import Any
 from convert.calibration import CalibrationSet
 from convert.metadata_writer import embed_metadata
 from edge_app.vision import CropSettings
+from training.model import with_rotation_views
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 IO_TYPES = ("uint8", "int8", "float32")
@@ -146,7 +147,7 @@ def convert_run(run_dir: Path, variant: str, out: Path, calibration: Calibration
     """Convert a run folder to `out` and return the metadata written into the file."""
     run_dir, out = Path(run_dir), Path(out)
     meta = read_run_metadata(run_dir)
-    model = load_keras(run_dir, meta)
+    model = with_rotation_views(load_keras(run_dir, meta), int(meta.get("views", 1)))
     data = convert_model(model, variant, meta["input_size"], calibration, io_input, io_output)
     written = tflite_metadata(meta, variant, io_types(variant, io_input, io_output),
                               file_sha256(run_dir / "model.keras"), calibration if variant == "int8" else None)

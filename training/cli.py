@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
     parser.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction)
     parser.add_argument("--patience", type=int, default=DEFAULTS.patience, help="early-stopping patience (epochs)")
+    parser.add_argument("--views", type=int, choices=(1, 2, 4), default=DEFAULTS.views,
+                        help="rotations averaged inside the deployed model (4: orientation-free, 4x compute)")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
     parser.add_argument("--cache", type=Path, default=None, help="crop/feature cache folder (default OUT/cache)")
 
@@ -40,7 +42,8 @@ def main(args: argparse.Namespace) -> int:
     config = TrainConfig(input_size=args.input_size, weights=args.weights, batch_size=args.batch_size,
                          head_epochs=args.head_epochs, finetune_epochs=args.finetune_epochs,
                          finetune_from=args.finetune_from, finetune_lr=args.finetune_lr, dropout=args.dropout,
-                         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed)
+                         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
+                         views=args.views)
     try:
         report = run_training(args.data, args.out, config, args.cache)
     except (DatasetError, WeightsError, ValueError) as exc:

@@ -1,57 +1,50 @@
 """Recover which images are augmentations of the same photograph, and split by those groups.
 
 TRAIN holds rotated/flipped/shifted copies of a few hundred cells. A validation split that
-puts copies of one cell on both sides measures memory, not generalisation, so we link
-near-duplicates (by rotation-averaged backbone features) and split whole groups.
+puts copies of one cell on both sides measures memory, not generalisation, so we cluster
+look-alikes (by rotation-averaged backbone features) and split whole clusters.
 """
 from __future__ import annotations
 
 import numpy as np
 
 
-def _union_find_groups(n: int, edges: np.ndarray) -> np.ndarray:
-    parent = np.arange(n)
+def _spherical_kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 30) -> np.ndarray:
+    """Cluster unit vectors by cosine similarity (k-means++ start); returns a cluster id per row."""
+    centres = [x[rng.integers(len(x))]]
+    for _ in range(1, k):
+        distance = 1.0 - np.max(x @ np.stack(centres).T, axis=1)
+        weights = np.clip(distance, 0, None) ** 2
+        centres.append(x[rng.choice(len(x), p=weights / weights.sum())] if weights.sum() > 0 else x[rng.integers(len(x))])
+    centres = np.stack(centres)
+    assign = np.zeros(len(x), int)
+    for _ in range(iterations):
+        assign = np.argmax(x @ centres.T, axis=1)
+        for c in range(k):
+            members = x[assign == c]
+            if len(members):
+                centre = members.sum(axis=0)
+                centres[c] = centre / (np.linalg.norm(centre) + 1e-12)
+    return np.unique(assign, return_inverse=True)[1]
 
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
 
-    for a, b in edges:
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([root(i) for i in range(n)])
-    return np.unique(roots, return_inverse=True)[1]
+def recover_groups(descriptors: np.ndarray, labels: np.ndarray, group_size: int = 60, seed: int = 0) -> np.ndarray:
+    """Group ids from clustering each label's images into clusters of about `group_size`.
 
-
-def recover_groups(descriptors: np.ndarray, labels: np.ndarray, neighbours: int = 5,
-                   min_similarity: float = 0.9) -> np.ndarray:
-    """Group ids linking each image to its mutual nearest neighbours of the same label.
-
-    Two images are linked when each is among the other's `neighbours` most similar
-    (cosine) and their similarity is at least `min_similarity`; groups are the
-    connected components. Different labels never share a group.
+    Augmented copies of one cell look alike, so they fall in one cluster; clusters are
+    coarser than the true photographs (harmless: it only makes validation stricter)
+    but, unlike linking near neighbours, never chain half a class into one group.
+    Descriptors are centred and compared by cosine similarity. Labels never share a group.
     """
-    descriptors = descriptors / (np.linalg.norm(descriptors, axis=1, keepdims=True) + 1e-12)
+    rng = np.random.default_rng(seed)
+    centred = descriptors - descriptors.mean(axis=0)
+    unit = centred / (np.linalg.norm(centred, axis=1, keepdims=True) + 1e-12)
     groups = np.full(len(labels), -1)
     next_id = 0
     for label in np.unique(labels):
         idx = np.flatnonzero(labels == label)
-        sim = descriptors[idx] @ descriptors[idx].T
-        np.fill_diagonal(sim, -1.0)
-        k = min(neighbours, len(idx) - 1)
-        if k < 1:
-            groups[idx] = next_id + np.arange(len(idx))
-            next_id += len(idx)
-            continue
-        nearest = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        is_near = np.zeros_like(sim, dtype=bool)
-        np.put_along_axis(is_near, nearest, True, axis=1)
-        linked = is_near & is_near.T & (sim >= min_similarity)
-        edges = np.argwhere(np.triu(linked, 1))
-        local = _union_find_groups(len(idx), edges)
+        k = max(1, min(len(idx), round(len(idx) / group_size)))
+        local = _spherical_kmeans(unit[idx], k, rng)
         groups[idx] = next_id + local
         next_id += local.max() + 1
     return groups

@@ -61,3 +61,52 @@ def unfreeze_top(model, first_layer: str) -> int:
         layer.trainable = trainable
         unfrozen += int(trainable and bool(layer.weights))
     return unfrozen
+
+
+def _rotation_layers():
+    """Keras layers that stack the four 90-degree rotations on the batch axis and average them back."""
+    import keras
+    from keras import ops
+
+    class RotationViews(keras.layers.Layer):
+        """(B,S,S,3) -> (views*B,S,S,3): the input rotated by 0, 90, 180, 270 degrees."""
+
+        def __init__(self, views: int, **kwargs):
+            super().__init__(**kwargs)
+            self.views = views
+
+        def call(self, x):
+            out, turned = [x], x
+            for _ in range(self.views - 1):
+                turned = ops.flip(ops.transpose(turned, (0, 2, 1, 3)), axis=1)
+                out.append(turned)
+            return ops.concatenate(out, axis=0)
+
+    class AverageViews(keras.layers.Layer):
+        """(views*B,C) logits -> (B,C): the mean over views."""
+
+        def __init__(self, views: int, **kwargs):
+            super().__init__(**kwargs)
+            self.views = views
+
+        def call(self, logits):
+            return ops.mean(ops.reshape(logits, (self.views, -1, logits.shape[-1])), axis=0)
+
+    return RotationViews, AverageViews
+
+
+def with_rotation_views(model, views: int):
+    """The deployed classifier: mean logits over `views` rotations of the crop (1 = the model itself).
+
+    Cells have no orientation, yet a CNN's answer changes with it; averaging the four
+    rotations inside the graph makes the answer orientation-free on every runtime.
+    """
+    if views == 1:
+        return model
+    if views not in (2, 4):
+        raise ValueError("views must be 1, 2 or 4")
+    import keras
+    rotation_views, average_views = _rotation_layers()
+    inputs = keras.Input(model.input_shape[1:], name="rgb_0_255")
+    logits = average_views(views, name="average_views")(model(rotation_views(views, name="rotation_views")(inputs)))
+    return keras.Model(inputs, logits, name=f"{model.name}_x{views}")

@@ -36,7 +36,8 @@ class TrainConfig:
     val_fraction: float = 0.2
     patience: int = 2
     seed: int = 0
-    group_similarity: float = 0.9
+    group_size: int = 60
+    views: int = 4  # rotations averaged inside the deployed model (training.model.with_rotation_views)
 
 
 def _log(message: str) -> None:
@@ -73,10 +74,10 @@ def assign_validation(frame: pd.DataFrame, labels: np.ndarray, descriptors: np.n
         groups = pd.factorize(frame["group"].fillna(frame["filepath"]))[0][train_idx]
         _log(f"validation split grouped by the given 'group' column ({len(np.unique(groups))} groups)")
     else:
-        groups = recover_groups(descriptors[train_idx], labels[train_idx], min_similarity=config.group_similarity)
+        groups = recover_groups(descriptors[train_idx], labels[train_idx], config.group_size, config.seed)
         frame.loc[frame.index[train_idx], "group"] = [f"auto{g}" for g in groups]
         sizes = np.bincount(groups)
-        _log(f"recovered {len(sizes)} near-duplicate groups in training images "
+        _log(f"clustered training images into {len(sizes)} look-alike groups "
              f"(median size {int(np.median(sizes))}, largest {sizes.max()})")
     is_val = grouped_stratified_split(labels[train_idx], groups, config.val_fraction, config.seed)
     frame.loc[frame.index[train_idx[is_val]], "split"] = "val"
@@ -90,7 +91,7 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
 
     from training import evaluate, head, finetune
     from training.features import feature_extractor, rotated_features
-    from training.model import build_model
+    from training.model import build_model, with_rotation_views
 
     started = time.time()
     out_dir = Path(out_dir)
@@ -110,9 +111,8 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
     model = build_model(len(labels_sorted), config.input_size, config.weights, config.dropout)
     fit_rows = np.flatnonzero(usable & (frame["split"] != "test").to_numpy())
     feats_file = cache_dir / f"features_{config.input_size}_{Path(str(config.weights)).name}.npy"
-    if feats_file.exists():
-        feats = np.load(feats_file)
-    else:
+    feats = np.load(feats_file) if feats_file.exists() else None
+    if feats is None or feats.shape[1] != len(fit_rows):
         feats = rotated_features(feature_extractor(model), crops[fit_rows], label="backbone features")
         np.save(feats_file, feats)
     descriptors = np.zeros((len(frame), feats.shape[-1]), np.float32)
@@ -133,8 +133,9 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
     finetune.finetune(model, crops, y, train_rows, val_rows, config, weights, out_dir)
     model.save(out_dir / "model.keras")
 
-    report = evaluate.evaluate_and_calibrate(model, crops, y, frame, labels_sorted, out_dir)
-    metadata = {"labels": labels_sorted, "input_size": config.input_size, "output": "logits",
+    report = evaluate.evaluate_and_calibrate(with_rotation_views(model, config.views), crops, y, frame,
+                                             labels_sorted, out_dir)
+    metadata = {"labels": labels_sorted, "input_size": config.input_size, "output": "logits", "views": config.views,
                 "crop": settings.to_dict(), "temperature": report["calibration"]["temperature"],
                 "min_confidence": report["calibration"]["min_confidence"],
                 "model_name": "wbc_mobilenetv2", "training": {"config": asdict(config), "source": str(source)}}

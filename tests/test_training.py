@@ -1,0 +1,144 @@
+"""Training: dataset readers, grouped split, TEST isolation and a tiny end-to-end run."""
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import make_smear
+from training.data import DatasetError, read_dataset
+from training.groups import grouped_stratified_split, recover_groups
+
+CLASS_COLOURS = {"BLUISH": (200, 70, 90), "PURPLE": (160, 60, 150)}
+
+
+def write_dataset(root: Path, train_per_class: int = 10, test_per_class: int = 3) -> Path:
+    for split, n in (("TRAIN", train_per_class), ("TEST", test_per_class)):
+        for c, (name, colour) in enumerate(CLASS_COLOURS.items()):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                seed = i + 100 * c + (1000 if split == "TEST" else 0)
+                frame = make_smear(seed=seed, nucleus_bgr=colour, cells=[(160, 120, 20 + 8 * c)])
+                cv2.imwrite(str(folder / f"{i}.jpg"), frame)
+    return root
+
+
+def test_folder_reader_finds_splits_and_labels(tmp_path):
+    frame = read_dataset(write_dataset(tmp_path, 4, 2))
+    assert sorted(frame["label"].unique()) == sorted(CLASS_COLOURS)
+    assert frame.groupby("split").size().to_dict() == {"test": 4, "train": 8}
+
+
+def test_folder_reader_without_split_folders(tmp_path):
+    for name in ("A", "B"):
+        (tmp_path / name).mkdir()
+        cv2.imwrite(str(tmp_path / name / "x.png"), make_smear())
+    frame = read_dataset(tmp_path)
+    assert set(frame["split"]) == {"train"} and len(frame) == 2
+
+
+def test_csv_reader_with_groups_and_relative_paths(tmp_path):
+    write_dataset(tmp_path, 2, 1)
+    csv = tmp_path / "cells.csv"
+    pd.DataFrame({"filepath": ["TRAIN/BLUISH/0.jpg", "TRAIN/PURPLE/0.jpg", "TEST/BLUISH/0.jpg"],
+                  "label": ["BLUISH", "PURPLE", "BLUISH"], "split": ["train", "train", "test"],
+                  "group": ["p1", "p2", "p3"]}).to_csv(csv, index=False)
+    frame = read_dataset(csv)
+    assert list(frame["group"]) == ["p1", "p2", "p3"]
+    assert all(Path(p).is_file() for p in frame["filepath"])
+
+
+def test_csv_reader_names_missing_files(tmp_path):
+    csv = tmp_path / "cells.csv"
+    pd.DataFrame({"filepath": ["nope.jpg", "gone.jpg"], "label": ["A", "B"]}).to_csv(csv, index=False)
+    with pytest.raises(DatasetError, match="nope.jpg"):
+        read_dataset(csv)
+
+
+def test_csv_reader_requires_columns(tmp_path):
+    csv = tmp_path / "cells.csv"
+    csv.write_text("path,class\nx.jpg,A\n")
+    with pytest.raises(DatasetError, match="filepath"):
+        read_dataset(csv)
+
+
+def test_recovered_groups_link_copies_and_never_mix_labels():
+    rng = np.random.default_rng(0)
+    originals = rng.normal(size=(6, 16))
+    descriptors = np.repeat(originals, 5, axis=0) + rng.normal(scale=0.02, size=(30, 16))
+    labels = np.repeat([0, 0, 0, 1, 1, 1], 5)
+    groups = recover_groups(descriptors, labels, group_size=5)
+    truth = np.repeat(np.arange(6), 5)
+    for g in np.unique(groups):
+        assert len(set(truth[groups == g])) == 1  # copies of one original only
+        assert len(set(labels[groups == g])) == 1
+    assert len(np.unique(groups)) == 6
+
+
+def test_grouped_split_keeps_each_group_on_one_side_and_stratifies():
+    labels = np.repeat([0, 1], 50)
+    groups = np.repeat(np.arange(20), 5)
+    is_val = grouped_stratified_split(labels, groups, 0.2, seed=1)
+    for g in np.unique(groups):
+        assert len(set(is_val[groups == g])) == 1
+    for label in (0, 1):
+        assert 0.1 <= is_val[labels == label].mean() <= 0.3
+
+
+def _train(data: Path, out: Path, monkeypatch=None) -> dict:
+    from training.train import TrainConfig, run_training
+    config = TrainConfig(input_size=32, weights="none", head_epochs=2, finetune_epochs=1,
+                         finetune_from="block_16_expand", batch_size=8, seed=3)
+    return run_training(data, out, config)
+
+
+def test_tiny_end_to_end_outputs_exist_and_load(tmp_path):
+    import keras
+    data = write_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    report = _train(data, out)
+    for name in ("model.keras", "metadata.json", "history.csv", "report.json", "confusion_test.png",
+                 "reliability.png", "risk_coverage.png", "splits.csv"):
+        assert (out / name).is_file(), name
+    model = keras.models.load_model(out / "model.keras")
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 2)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["labels"] == sorted(CLASS_COLOURS) and meta["input_size"] == 32 and meta["output"] == "logits"
+    saved = json.loads((out / "report.json").read_text())
+    assert set(saved["splits"]) == {"val", "test"} and saved["splits"]["test"]["n"] == 6
+    assert {"accuracy", "macro_f1", "per_class", "confusion"} <= set(report["splits"]["test"])
+    # Restartable: a second run in the same folder resumes from its checkpoints.
+    again = _train(data, out)
+    assert again["calibration"] == report["calibration"]
+
+
+def test_test_split_never_reaches_training_or_choices(tmp_path, monkeypatch):
+    """Rows of TEST never enter feature caching, head, fine-tuning or calibration."""
+    import training.finetune as finetune
+    import training.train as train
+    data = write_dataset(tmp_path / "data")
+    seen = {"dataset_rows": [], "feature_crops": 0}
+    real_make_dataset, real_features = finetune.make_dataset, train.__dict__.get("rotated_features")
+
+    def spy_dataset(crops, y, rows, *args, **kwargs):
+        seen["dataset_rows"].extend(int(r) for r in rows)
+        return real_make_dataset(crops, y, rows, *args, **kwargs)
+
+    import training.features as features
+    real_rotated = features.rotated_features
+
+    def spy_features(extractor, crops, *args, **kwargs):
+        seen["feature_crops"] += len(crops)
+        return real_rotated(extractor, crops, *args, **kwargs)
+
+    monkeypatch.setattr(finetune, "make_dataset", spy_dataset)
+    monkeypatch.setattr(features, "rotated_features", spy_features)
+    out = tmp_path / "run"
+    _train(data, out)
+    splits = pd.read_csv(out / "splits.csv")
+    test_rows = set(np.flatnonzero(splits["split"] == "test"))
+    assert test_rows and not test_rows & set(seen["dataset_rows"])
+    assert seen["feature_crops"] == int((splits["split"] != "test").sum())
