@@ -1,0 +1,143 @@
+"""An existing CSV is resumed: sources in it are skipped, a row cut by a power cut is repaired, the last
+source is classified again, other columns are refused, --overwrite starts afresh, cameras append."""
+from __future__ import annotations
+
+import csv
+import functools
+
+import cv2
+import pytest
+
+import edge_app.run as run_module
+from conftest import LABELS, make_smear
+from edge_app.results import csv_columns
+from edge_app.resume import CsvMismatch, resume_csv
+from edge_app.sources import open_source
+from hemato.cli import main as hemato
+from test_sources import FakeCamera
+
+
+def rows_of(path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def without_latency(rows: list[list[str]]) -> list[list[str]]:
+    return [row[:10] + row[11:] for row in rows]
+
+
+def rows_of_bytes(data: bytes) -> list[list[str]]:
+    return list(csv.reader(data.decode("utf-8").splitlines()))
+
+
+def add_images(folder, names, cells=2):
+    for k, name in enumerate(names):
+        cv2.imwrite(str(folder / name), make_smear(cells=[(90, 90, 26), (230, 150, 28)][:cells], seed=k))
+
+
+def run(folder, model, out, *extra) -> int:
+    return hemato(["run", str(folder), "--model", str(model), "--csv", str(out), *extra])
+
+
+def test_a_second_run_skips_what_is_done_and_redoes_the_last(tmp_path, tiny_tflite, capsys):
+    folder = tmp_path / "smears"
+    folder.mkdir()
+    add_images(folder, ["a.jpg", "b.jpg", "c.jpg"])
+    out = tmp_path / "r.csv"
+    assert run(folder, tiny_tflite, out) == 0
+    first = rows_of(out)
+    capsys.readouterr()
+
+    add_images(folder, ["d.jpg", "e.jpg"])
+    assert run(folder, tiny_tflite, out) == 0
+    captured = capsys.readouterr()
+    assert "Images read: 3" in captured.out  # c (again), d, e
+    assert f"resumed {out}: 4 rows kept, 2 sources already in it skipped; {folder / 'c.jpg'} is classified again" \
+        in captured.err
+    rows = rows_of(out)
+    assert rows[:5] == first[:5]  # a and b untouched
+    sources = [r[0].rsplit("/", 1)[-1] for r in rows[1:]]
+    assert sources == ["a.jpg"] * 2 + ["b.jpg"] * 2 + ["c.jpg"] * 2 + ["d.jpg"] * 2 + ["e.jpg"] * 2
+    assert without_latency(rows[5:7]) == without_latency(first[5:7])  # c.jpg: the same answers again
+
+
+def test_a_row_cut_by_a_power_cut_is_repaired_and_its_image_redone(tmp_path, tiny_tflite, capsys):
+    folder = tmp_path / "smears"
+    folder.mkdir()
+    add_images(folder, ["a.jpg", "b.jpg", "c.jpg"])
+    out = tmp_path / "r.csv"
+    assert run(folder, tiny_tflite, out) == 0
+    complete = out.read_bytes()
+    out.write_bytes(complete[:-25])  # the power went while c.jpg's second row was being written
+    before = rows_of(out)[:-1]
+    capsys.readouterr()
+
+    assert run(folder, tiny_tflite, out) == 0
+    err = capsys.readouterr().err
+    cut = len(complete.splitlines(keepends=True)[-1]) - 25
+    assert f"removed a half-written last row ({cut} bytes)" in err
+    assert f"{folder / 'c.jpg'} is classified again (its 1 rows may be incomplete)" in err
+    assert out.read_bytes().endswith(b"\r\n")
+    rows = rows_of(out)
+    assert rows[:-2] == before[:-1]  # a and b untouched; c.jpg's surviving row was replaced ...
+    assert without_latency(rows) == without_latency(rows_of_bytes(complete))  # ... by the same two rows
+
+
+def test_a_tail_of_nul_bytes_after_a_crash_is_cut(tmp_path, tiny_tflite):
+    folder = tmp_path / "smears"
+    folder.mkdir()
+    add_images(folder, ["a.jpg", "b.jpg"])
+    out = tmp_path / "r.csv"
+    assert run(folder, tiny_tflite, out) == 0
+    complete = out.read_bytes()
+    with open(out, "ab") as f:  # ext4 after a crash: the size grew, the data did not arrive
+        f.write(b"\0" * 300 + b"\r\n" + b"\0" * 40)
+    resume = resume_csv(out, csv_columns(LABELS))
+    assert resume.cut_bytes == 342 and resume.rows == 4 and resume.redo == ""
+    assert out.read_bytes() == complete
+
+
+def test_other_columns_are_refused_and_the_csv_left_alone(tmp_path, tiny_tflite, smear_folder, capsys):
+    out = tmp_path / "r.csv"
+    out.write_text(",".join(csv_columns(["A", "B"])) + "\r\nx.jpg,0,0,A,A,0.9,0,0,1,1,1.0,,0.9,0.1\r\n")
+    before = out.read_bytes()
+    assert run(smear_folder, tiny_tflite, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "other columns" in err and "--overwrite" in err
+    assert out.read_bytes() == before
+    with pytest.raises(CsvMismatch):
+        resume_csv(out, csv_columns(LABELS))
+
+    assert run(smear_folder, tiny_tflite, out, "--overwrite") == 0
+    rows = rows_of(out)
+    assert rows[0] == csv_columns(LABELS) and len(rows) == 1 + 3
+
+
+def test_a_csv_without_a_complete_header_is_started_afresh(tmp_path, tiny_tflite, smear_folder):
+    out = tmp_path / "r.csv"
+    out.write_text("source,frame,ce")
+    assert run(smear_folder, tiny_tflite, out) == 0
+    assert rows_of(out)[0] == csv_columns(LABELS) and len(rows_of(out)) == 4
+
+
+def test_a_camera_run_appends(tmp_path, tiny_tflite, monkeypatch):
+    out = tmp_path / "cam.csv"
+    for plan in ([3], [2]):
+        monkeypatch.setattr(run_module, "open_source", functools.partial(
+            open_source, camera_opener=FakeCamera(plan), backoff_s=0, retry_wait_s=0))
+        assert hemato(["run", "0", "--model", str(tiny_tflite), "--csv", str(out), "--headless"]) == 1
+    rows = rows_of(out)
+    assert [r[:2] for r in rows[1:]] == [["camera:0", str(i)] for i in (0, 1, 2, 0, 1)]
+
+
+def test_resume_keeps_rows_of_sources_this_run_does_not_cover(tmp_path, tiny_tflite):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    add_images(one, ["a.jpg"])
+    add_images(two, ["b.jpg"])
+    out = tmp_path / "r.csv"
+    assert run(one, tiny_tflite, out) == 0
+    assert run(two, tiny_tflite, out) == 0  # one/a.jpg was last, but this run cannot redo it: kept
+    sources = [r[0] for r in rows_of(out)[1:]]
+    assert sources == [str(one / "a.jpg")] * 2 + [str(two / "b.jpg")] * 2
