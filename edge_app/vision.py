@@ -32,8 +32,9 @@ class CropSettings:
     crop_scale: float = 1.8
     # ... but never smaller than this fraction of the frame's short side.
     min_crop_frac: float = 0.4
-    # Frames are analysed at most this large on the long side (huge images are downscaled).
-    analysis_max_side: int = 640
+    # Frames are analysed at most this large on the long side: larger ones are downscaled, so the
+    # morphology sees the same picture at any camera resolution (and huge images stay cheap).
+    analysis_max_side: int = 320
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
