@@ -43,4 +43,8 @@ def image_frame(path: Path) -> Frame:
         image, error, scale = decoded.image, "", decoded.scale
     except ImageError as exc:
         image, error, scale = None, str(exc), 1.0
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # a reader bug must cost one image, not an unattended run
+        image, error, scale = None, f"cannot read image: {type(exc).__name__}: {exc}".splitlines()[0], 1.0
     return Frame(str(path), 0, image, error, (time.perf_counter() - start) * 1000, scale)

@@ -71,7 +71,7 @@ def read_bytes(path: str | Path) -> bytes:
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode):
-            raise ImageError("not a regular file")
+            raise ImageError("cannot read file: not a regular file")
         if info.st_size > MAX_FILE_BYTES:
             raise ImageError(f"file too large: {info.st_size / 2**20:.0f} MB (the limit is {MAX_FILE_BYTES // 2**20} MB)")
         try:

@@ -213,15 +213,20 @@ def run(classifier: Classifier, source: Source, writer: CsvWriter, min_confidenc
                 break
             if time.perf_counter() - last_progress > PROGRESS_EVERY_S:
                 last_progress = time.perf_counter()
-                print(f"hemato run: {stats.images + len(stats.failures)} images, {stats.classified} cells, "
+                print(f"hemato run: {stats.images + stats.failed} images, {stats.classified} cells, "
                       f"{(rate or 0):.1f} FPS", file=sys.stderr)
     except SourceLost as exc:
         stats.stopped, status = str(exc), EXIT_SOURCE_LOST
     except KeyboardInterrupt:
         stats.stopped, status = "interrupted", 128 + signal.SIGINT
+    except OSError as exc:  # the CSV cannot be written (disk full, card removed): stop and say so
+        stats.stopped, status = f"cannot write {writer.path}: {exc.strerror or exc}", EXIT_USAGE
     finally:
         stats.elapsed_s = time.perf_counter() - start
-        writer.close()
+        try:
+            writer.close()
+        except OSError:  # the same failure again on the final flush; already reported
+            pass
         source.close()
         if display is not None:
             display.close()
@@ -311,6 +316,7 @@ def main(args: argparse.Namespace) -> int:
     if stopper.signum is not None:
         stats.stopped = stats.stopped or f"{signal.Signals(stopper.signum).name} received"
         status = 128 + stopper.signum
+    ended_by_fault = status in (EXIT_SOURCE_LOST, EXIT_USAGE)
     print(stats.format())
     print(f"Results: {writer.path}")
     if args.json_summary:
@@ -320,6 +326,6 @@ def main(args: argparse.Namespace) -> int:
                                                  "csv": str(writer.path), "exit_status": status})
         except OSError as exc:
             status = status or _error(f"cannot write {args.json_summary}: {exc.strerror or exc}")
-    if status == EXIT_SOURCE_LOST:
+    if ended_by_fault:
         print(f"hemato run: error: {stats.stopped}; the results so far are in {writer.path}", file=sys.stderr)
     return status

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 from PIL import Image
 
 from conftest import NUCLEUS_BGR, make_smear

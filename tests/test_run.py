@@ -263,3 +263,26 @@ def test_test_simple_one_row_per_image_with_the_stained_cell_in_its_box(tmp_path
         x, y, w, h, _ = stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
         x0, y0, x1, y1 = (int(row[k]) for k in ("x0", "y0", "x1", "y1"))
         assert x0 <= x and y0 <= y and x1 >= x + w and y1 >= y + h, (row["source"], (x, y, w, h))
+
+
+def test_a_full_disk_stops_the_run_with_status_2_and_says_so(tmp_path, smear_folder, tiny_tflite, monkeypatch,
+                                                             capsys):
+    import errno
+
+    from edge_app.results import CsvWriter
+    real_put = CsvWriter._put
+    written = []
+
+    def filling_put(self, row):
+        if len(written) == 2:  # the header and one row fit
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(row)
+        real_put(self, row)
+
+    monkeypatch.setattr(CsvWriter, "_put", filling_put)
+    out = tmp_path / "full.csv"
+    assert hemato(["run", str(smear_folder), "--model", str(tiny_tflite), "--csv", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert f"Stopped early: cannot write {out}: No space left on device" in captured.out
+    assert captured.err.strip().splitlines()[-1].startswith(f"hemato run: error: cannot write {out}")
+    assert len(read_csv(out)[1]) == 1
