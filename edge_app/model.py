@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from edge_app.metadata import ModelFileError, read_model_metadata
+from edge_app.ood import ColourGuard
 from edge_app.vision import CropSettings
 
 
@@ -68,6 +69,8 @@ class Classifier:
         self.temperature = float(self.metadata.get("temperature", 1.0))
         # Below this calibrated confidence a cell is answered UNCERTAIN (0 = always answer).
         self.min_confidence = float(self.metadata.get("min_confidence") or 0.0)
+        # Crops whose colour statistics lie far from the training crops' are not forced into a class.
+        self.colour_guard = ColourGuard.from_dict(self.metadata.get("ood"))
         self.threads = threads or os.cpu_count() or 1
         interpreter, self.runtime = interpreter_class()
         try:

@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_app.model import Classifier
-from edge_app.vision import Box, crop_for_model, locate_cells
+from edge_app.vision import Box, crop_for_model, crop_statistics, locate_cells
 
 
 UNCERTAIN = "UNCERTAIN"
+LOW_CONFIDENCE = "low confidence"
+UNUSUAL_CROP = "unusual crop: colours unlike the training cells"
 
 
 @dataclass
@@ -21,8 +23,14 @@ class CellResult:
     probabilities: np.ndarray  # calibrated, in the order of Classifier.labels
     predicted: str             # the most probable class
     confidence: float          # its calibrated probability
-    label: str                 # `predicted`, or UNCERTAIN when confidence < the model's threshold
+    label: str                 # `predicted`, or UNCERTAIN when not confident or the crop is unusual
     invoke_ms: float
+    flag: str = ""             # why the answer is UNCERTAIN (LOW_CONFIDENCE or UNUSUAL_CROP)
+
+    @property
+    def runner_up(self) -> int:
+        """Index of the second most probable class (shown beside UNCERTAIN answers)."""
+        return int(np.argsort(self.probabilities)[-2])
 
     @property
     def uncertain(self) -> bool:
@@ -44,9 +52,13 @@ def classify_crop(classifier: Classifier, rgb: np.ndarray) -> tuple[np.ndarray, 
     return probs, classifier.labels[top], float(probs[top])
 
 
-def decide(label: str, confidence: float, min_confidence: float) -> str:
-    """The answer to report: the class, or UNCERTAIN below the confidence threshold."""
-    return label if confidence >= min_confidence else UNCERTAIN
+def decide(label: str, confidence: float, min_confidence: float, unusual: bool = False) -> tuple[str, str]:
+    """The answer to report and why: the class, or UNCERTAIN for an unusual crop or low confidence."""
+    if unusual:
+        return UNCERTAIN, UNUSUAL_CROP
+    if confidence < min_confidence:
+        return UNCERTAIN, LOW_CONFIDENCE
+    return label, ""
 
 
 def classify_frame(classifier: Classifier, bgr: np.ndarray, min_confidence: float | None = None) -> FrameResult:
@@ -62,8 +74,10 @@ def classify_frame(classifier: Classifier, bgr: np.ndarray, min_confidence: floa
     for box, crop in zip(boxes, crops):
         start = time.perf_counter()
         probs, label, confidence = classify_crop(classifier, crop)
-        answer = decide(label, confidence, threshold)
-        cells.append(CellResult(box, probs, label, confidence, answer, (time.perf_counter() - start) * 1000))
+        guard = classifier.colour_guard
+        unusual = guard is not None and guard.is_unusual(crop_statistics(crop, settings))
+        answer, flag = decide(label, confidence, threshold, unusual)
+        cells.append(CellResult(box, probs, label, confidence, answer, (time.perf_counter() - start) * 1000, flag))
     t3 = time.perf_counter()
     timings = {"localise": (t1 - t0) * 1000, "preprocess": (t2 - t1) * 1000, "invoke": (t3 - t2) * 1000}
     return FrameResult(cells, timings)

@@ -124,3 +124,11 @@ def largest_cell_crop(bgr: np.ndarray, settings: CropSettings) -> tuple[np.ndarr
     if not boxes:
         return None, None
     return crop_for_model(bgr, boxes[0], settings.input_size), boxes[0]
+
+
+def crop_statistics(rgb: np.ndarray, settings: CropSettings) -> np.ndarray:
+    """Cheap colour summary of a model input (per-channel mean and spread, stained share), for the
+    out-of-distribution check: a crop far from the training crops' statistics is not forced into a class."""
+    pixels = rgb.reshape(-1, 3).astype(np.float32)
+    stained = (pixels[:, 2] - pixels[:, 1]) > settings.stain_threshold
+    return np.concatenate([pixels.mean(axis=0), pixels.std(axis=0), [100.0 * stained.mean()]])

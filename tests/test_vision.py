@@ -36,3 +36,17 @@ def test_crop_is_rgb_square_and_pads_outside_frame():
 def test_settings_round_trip_ignores_unknown_keys():
     s = CropSettings(input_size=160, crop_scale=2.0)
     assert CropSettings.from_dict({**s.to_dict(), "future_key": 1}) == s
+
+
+def test_colour_guard_flags_crops_unlike_training():
+    from edge_app.ood import ColourGuard
+    from edge_app.vision import crop_statistics
+    settings = CropSettings(input_size=32)
+    usual = [crop_for_model(make_smear(seed=i), locate_cells(make_smear(seed=i), settings)[0], 32) for i in range(40)]
+    stats = np.array([crop_statistics(c, settings) for c in usual])
+    guard = ColourGuard.fit(stats[:30], stats[30:], quantile=1.0)
+    restored = ColourGuard.from_dict(guard.to_dict())
+    assert not restored.is_unusual(stats[35])
+    green = np.zeros((32, 32, 3), np.uint8)
+    green[:, :, 1] = 200
+    assert restored.is_unusual(crop_statistics(green, settings))

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from edge_app.vision import CropSettings
+from edge_app.ood import ColourGuard
+from edge_app.vision import CropSettings, crop_statistics
 from training.crops import cached_crops
 from training.data import class_counts, read_dataset
 from training.groups import grouped_stratified_split, recover_groups
@@ -84,6 +85,17 @@ def assign_validation(frame: pd.DataFrame, labels: np.ndarray, descriptors: np.n
     return frame
 
 
+def fit_colour_guard(crops: np.ndarray, frame: pd.DataFrame, settings: CropSettings) -> tuple[ColourGuard, dict]:
+    """Fit the out-of-distribution guard on training crops, its limit on validation; report flagged shares."""
+    split = frame["split"].to_numpy()
+    usable = (frame["reason"] == "").to_numpy()
+    stats = {name: np.array([crop_statistics(crops[r], settings) for r in np.flatnonzero(usable & (split == name))])
+             for name in ("train", "val", "test") if (usable & (split == name)).any()}
+    guard = ColourGuard.fit(stats["train"], stats["val"])
+    flagged = {name: round(float(np.mean(guard.distance(s) > guard.max_distance)), 4) for name, s in stats.items()}
+    return guard, {"max_distance": round(guard.max_distance, 3), "share_flagged": flagged}
+
+
 def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Path | None = None) -> dict:
     """Train, evaluate and save a model; returns the report (also written to report.json)."""
     import keras
@@ -135,7 +147,8 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
 
     report = evaluate.evaluate_and_calibrate(with_rotation_views(model, config.views), crops, y, frame,
                                              labels_sorted, out_dir)
-    metadata = {"labels": labels_sorted, "input_size": config.input_size, "output": "logits", "views": config.views,
+    guard, report["ood"] = fit_colour_guard(crops, frame, settings)
+    metadata = {"ood": guard.to_dict(), "labels": labels_sorted, "input_size": config.input_size, "output": "logits", "views": config.views,
                 "crop": settings.to_dict(), "temperature": report["calibration"]["temperature"],
                 "min_confidence": report["calibration"]["min_confidence"],
                 "model_name": "wbc_mobilenetv2", "training": {"config": asdict(config), "source": str(source)}}
