@@ -71,7 +71,7 @@ def test_a_slowly_written_file_is_read_once_when_complete_and_a_vanished_one_is_
         finished["at"] = time.monotonic()
 
     stop, notes = threading.Event(), []
-    source = WatchFolder(folder, poll_s=0.05, settle_s=1.0, stop=stop, note=notes.append)
+    source = WatchFolder(folder, poll_s=0.05, settle_s=1.5, stop=stop, note=notes.append)
     out = tmp_path / "watch.csv"
     classifier = Classifier(tiny_tflite, threads=1)
     result = {}
