@@ -43,7 +43,7 @@ def recover_groups(descriptors: np.ndarray, labels: np.ndarray, group_size: int 
     next_id = 0
     for label in np.unique(labels):
         idx = np.flatnonzero(labels == label)
-        k = max(1, min(len(idx), round(len(idx) / group_size)))
+        k = max(min(len(idx), 2), round(len(idx) / group_size))  # at least two groups to split
         local = _spherical_kmeans(unit[idx], k, rng)
         groups[idx] = next_id + local
         next_id += local.max() + 1
