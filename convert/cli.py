@@ -26,13 +26,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="int8: input tensor type (default uint8, the pipeline's pixel type)")
     parser.add_argument("--io-out", choices=IO_TYPES, default=None,
                         help="int8: output (logits) tensor type (default float32)")
+    parser.add_argument("--float-stem", action="store_true",
+                        help="int8: keep the stem (pixel scaling, first bottlenecks) in float; float I/O. "
+                             "Needed by the shipped MobileNetV2: full int8 loses its answer there")
 
 
 def run(args: argparse.Namespace) -> int:
     """Convert one run folder as the arguments say; returns the exit status."""
     out = args.out or Path("models") / f"{args.run.name}_{args.quant}.tflite"
-    if args.quant != "int8" and (args.calib or args.io or args.io_out):
-        raise ConversionError("--calib, --io and --io-out apply only to --quant int8")
+    if args.quant != "int8" and (args.calib or args.io or args.io_out or args.float_stem):
+        raise ConversionError("--calib, --io, --io-out and --float-stem apply only to --quant int8")
+    if args.float_stem and (args.io or args.io_out):
+        raise ConversionError("--float-stem gives float input and output: drop --io/--io-out")
     meta = read_run_metadata(args.run)  # fail on a bad run folder before any slow step
     calibration = None
     if args.quant == "int8":
@@ -40,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConversionError("--quant int8 needs --calib FOLDER of real images (e.g. the TRAIN split)")
         calibration = build_calibration_set(args.calib, crop_settings(meta), args.calib_count, args.seed)
     print(f"converting {args.run} to {args.quant} ...", file=sys.stderr, flush=True)
-    written = convert_run(args.run, args.quant, out, calibration, args.io or "uint8", args.io_out or "float32")
+    written = convert_run(args.run, args.quant, out, calibration, args.io or "uint8", args.io_out or "float32",
+                          args.float_stem)
     from edge_app.model import Classifier
     classifier = Classifier(out, threads=1)  # proves the device runtime can load it
     print(f"wrote {out}: {args.quant}, {os.path.getsize(out) / 1e6:.2f} MB, "
