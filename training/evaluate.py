@@ -13,9 +13,9 @@ from training.metrics import classification_report
 TARGET_ANSWERED_ACCURACY = 0.98
 
 
-def predict_logits(model, crops: np.ndarray, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Logits for crops[rows], in batches, no augmentation."""
-    parts = [np.asarray(model(crops[rows[i:i + batch_size]].astype(np.float32), training=False))
+def predict_logits(model, crops: np.ndarray, rows: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Logits for crops[rows], in small batches (the deployed model multiplies them by its views)."""
+    parts = [np.asarray(model.predict_on_batch(crops[rows[i:i + batch_size]].astype(np.float32)))
              for i in range(0, len(rows), batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), np.float32)
 
