@@ -14,6 +14,7 @@ import edge_app.model_path
 import edge_app.run as run_module
 from conftest import LABELS, SHARED_DATA, make_smear, requires_real_data
 from edge_app.model import Classifier
+from edge_app.model_path import DEFAULT_MODEL_NAME
 from edge_app.results import csv_columns
 from edge_app.sources import open_source
 from edge_app.vision import stain_mask
@@ -125,8 +126,8 @@ def test_model_problems_fail_fast_with_one_line(tmp_path, smear_folder, capsys, 
     monkeypatch.setattr(edge_app.model_path, "__file__", str(tmp_path / "site" / "edge_app" / "model_path.py"))
     assert hemato(["run", str(smear_folder), "--csv", str(out)]) == 2
     err = capsys.readouterr().err
-    assert str(tmp_path / "models" / "wbc_mobilenetv2_int8.tflite") in err
-    assert str(tmp_path / "site" / "models" / "wbc_mobilenetv2_int8.tflite") in err and "--model" in err
+    assert str(tmp_path / "models" / DEFAULT_MODEL_NAME) in err
+    assert str(tmp_path / "site" / "models" / DEFAULT_MODEL_NAME) in err and "--model" in err
 
 
 def test_default_model_lookup(tmp_path, smear_folder, tiny_tflite, monkeypatch):
@@ -138,8 +139,8 @@ def test_default_model_lookup(tmp_path, smear_folder, tiny_tflite, monkeypatch):
         run_module.find_model(None)
     monkeypatch.delenv("HEMATO_MODEL")
     (tmp_path / "models").mkdir()
-    shutil.copy(tiny_tflite, tmp_path / "models" / "wbc_mobilenetv2_int8.tflite")
-    assert run_module.find_model(None) == tmp_path / "models" / "wbc_mobilenetv2_int8.tflite"
+    shutil.copy(tiny_tflite, tmp_path / "models" / DEFAULT_MODEL_NAME)
+    assert run_module.find_model(None) == tmp_path / "models" / DEFAULT_MODEL_NAME
     assert hemato(["run", str(smear_folder)]) == 0
     assert (tmp_path / "results.csv").is_file()  # the default CSV, in the current folder
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import cv2
 import pytest
 
-from conftest import LABELS, make_smear
+from conftest import LABELS, SHARED_DATA, make_smear
+from edge_app.model_path import DEFAULT_MODEL_NAME
 
 pytest.importorskip("flask")
 
@@ -203,3 +204,52 @@ def test_upload_shows_class_and_probability_bars(browser, server, tmp_path):
                 or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
     assert not problems, problems  # no script errors, no CSP violations, no failed loads
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / DEFAULT_MODEL_NAME
+REAL_IMAGE = SHARED_DATA / "TEST_SIMPLE" / "EOSINOPHIL" / "_0_5239.jpeg"
+
+
+@pytest.fixture
+def shipped_server():
+    """The web app serving the shipped default model."""
+    from werkzeug.serving import make_server
+
+    from edge_app.model import Classifier
+    from edge_app.web import create_app
+
+    app = create_app(Classifier(SHIPPED_MODEL, threads=2))
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    app.extensions["hemato"].close()
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not SHIPPED_MODEL.is_file() or not REAL_IMAGE.is_file(),
+                    reason="needs the shipped model in models/ and ../shared/data/blood-cells")
+def test_real_test_image_on_shipped_model(browser, shipped_server):
+    """A real TEST eosinophil through the page: one cell, its class and four bars; screenshot kept."""
+    target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    for domain in ("Page", "Runtime"):
+        browser.send(f"{domain}.enable", session=session)
+    browser.send("Emulation.setDeviceMetricsOverride",
+                 {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session)
+    browser.send("Page.navigate", {"url": shipped_server + "/"}, session)
+    wait_for(browser, session, "document.readyState === 'complete' && !!document.getElementById('file')")
+    root = browser.send("DOM.getDocument", session=session)["root"]["nodeId"]
+    file_input = browser.send("DOM.querySelector", {"nodeId": root, "selector": "#file"}, session)["nodeId"]
+    browser.send("DOM.setFileInputFiles", {"files": [str(REAL_IMAGE)], "nodeId": file_input}, session)
+    done = "(o.barLabels.length && o.total !== '0' && o.imageWidth) || o.errors.length"
+    state = json.loads(wait_for(browser, session,
+                                f"(() => {{ const s = {PAGE_STATE}; const o = JSON.parse(s); return {done} ? s : null; }})()"))
+    time.sleep(0.3)
+    shot = browser.send("Page.captureScreenshot", {"format": "png"}, session)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "web_real_test_image.png").write_bytes(b64decode(shot["data"]))
+    assert not state["errors"], state["errors"]
+    assert len(state["answers"]) == 1 and len(state["barLabels"]) == 4
+    (ARTIFACTS / "web_real_test_image.json").write_text(json.dumps(state, indent=1))
