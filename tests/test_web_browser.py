@@ -168,17 +168,15 @@ PAGE_STATE = """JSON.stringify({
 })"""
 
 
-def test_upload_shows_class_and_probability_bars(browser, server, tmp_path):
-    image = tmp_path / "smear_two_cells.png"
-    cv2.imwrite(str(image), make_smear(640, 480, cells=[(170, 160, 45), (470, 320, 50)], seed=4))
-
+def upload_and_screenshot(browser: DevToolsPipe, url: str, image: Path, screenshot: Path, height: int = 1100) -> dict:
+    """Open the upload page, give it one image, wait for the answer and save a screenshot; the page state."""
     target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     for domain in ("Page", "Runtime", "Log"):
         browser.send(f"{domain}.enable", session=session)
     browser.send("Emulation.setDeviceMetricsOverride",
-                 {"width": 1280, "height": 1100, "deviceScaleFactor": 1, "mobile": False}, session)
-    browser.send("Page.navigate", {"url": server + "/"}, session)
+                 {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False}, session)
+    browser.send("Page.navigate", {"url": url + "/"}, session)
     wait_for(browser, session, "document.readyState === 'complete' && !!document.getElementById('file')")
 
     root = browser.send("DOM.getDocument", session=session)["root"]["nodeId"]
@@ -191,7 +189,14 @@ def test_upload_shows_class_and_probability_bars(browser, server, tmp_path):
     time.sleep(0.3)  # let the last paint land before the screenshot
     shot = browser.send("Page.captureScreenshot", {"format": "png"}, session)
     ARTIFACTS.mkdir(exist_ok=True)
-    SCREENSHOT.write_bytes(b64decode(shot["data"]))
+    screenshot.write_bytes(b64decode(shot["data"]))
+    return state
+
+
+def test_upload_shows_class_and_probability_bars(browser, server, tmp_path):
+    image = tmp_path / "smear_two_cells.png"
+    cv2.imwrite(str(image), make_smear(640, 480, cells=[(170, 160, 45), (470, 320, 50)], seed=4))
+    state = upload_and_screenshot(browser, server, image, SCREENSHOT)
 
     assert not state["errors"], state["errors"]
     assert len(state["answers"]) == 2, state  # two cells located, each with an answer
@@ -232,24 +237,7 @@ def shipped_server():
                     reason="needs the shipped model in models/ and ../shared/data/blood-cells")
 def test_real_test_image_on_shipped_model(browser, shipped_server):
     """A real TEST eosinophil through the page: one cell, its class and four bars; screenshot kept."""
-    target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-    session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-    for domain in ("Page", "Runtime"):
-        browser.send(f"{domain}.enable", session=session)
-    browser.send("Emulation.setDeviceMetricsOverride",
-                 {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session)
-    browser.send("Page.navigate", {"url": shipped_server + "/"}, session)
-    wait_for(browser, session, "document.readyState === 'complete' && !!document.getElementById('file')")
-    root = browser.send("DOM.getDocument", session=session)["root"]["nodeId"]
-    file_input = browser.send("DOM.querySelector", {"nodeId": root, "selector": "#file"}, session)["nodeId"]
-    browser.send("DOM.setFileInputFiles", {"files": [str(REAL_IMAGE)], "nodeId": file_input}, session)
-    done = "(o.barLabels.length && o.total !== '0' && o.imageWidth) || o.errors.length"
-    state = json.loads(wait_for(browser, session,
-                                f"(() => {{ const s = {PAGE_STATE}; const o = JSON.parse(s); return {done} ? s : null; }})()"))
-    time.sleep(0.3)
-    shot = browser.send("Page.captureScreenshot", {"format": "png"}, session)
-    ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "web_real_test_image.png").write_bytes(b64decode(shot["data"]))
+    state = upload_and_screenshot(browser, shipped_server, REAL_IMAGE, ARTIFACTS / "web_real_test_image.png", 900)
     assert not state["errors"], state["errors"]
     assert len(state["answers"]) == 1 and len(state["barLabels"]) == 4
     (ARTIFACTS / "web_real_test_image.json").write_text(json.dumps(state, indent=1))
