@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from base64 import b64decode
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -110,21 +111,29 @@ class DevToolsPipe:
         os.close(self._to_browser)
 
 
-@pytest.fixture
-def server(tiny_tflite):
-    """The web app on a free local port, in a thread, as `hemato serve` runs it (threaded)."""
+@contextmanager
+def serving(model_path: Path, threads: int = 1):
+    """The web app for a model on a free local port, in a thread, as `hemato serve` runs it (threaded)."""
     from werkzeug.serving import make_server
 
     from edge_app.model import Classifier
     from edge_app.web import create_app
 
-    app = create_app(Classifier(tiny_tflite, threads=1))
+    app = create_app(Classifier(model_path, threads=threads))
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    app.extensions["hemato"].close()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
+        app.extensions["hemato"].close()
+
+
+@pytest.fixture
+def server(tiny_tflite):
+    with serving(tiny_tflite) as url:
+        yield url
 
 
 # Decided at collection, before the session's tiny model is built.
@@ -218,18 +227,8 @@ REAL_IMAGE = SHARED_DATA / "TEST_SIMPLE" / "EOSINOPHIL" / "_0_5239.jpeg"
 @pytest.fixture
 def shipped_server():
     """The web app serving the shipped default model."""
-    from werkzeug.serving import make_server
-
-    from edge_app.model import Classifier
-    from edge_app.web import create_app
-
-    app = create_app(Classifier(SHIPPED_MODEL, threads=2))
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    app.extensions["hemato"].close()
+    with serving(SHIPPED_MODEL, threads=2) as url:
+        yield url
 
 
 @pytest.mark.realdata
