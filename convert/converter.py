@@ -117,8 +117,7 @@ def _int8_with_float_stem(converter, calibration: CalibrationSet) -> bytes:
     """Full-integer model except the stem's ops, which stay float (float32 input and output)."""
     import tensorflow as tf
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    with contextlib.redirect_stdout(StringIO()):
-        stem = _stem_tensor_names(bytes(converter.convert()))
+    stem = _stem_tensor_names(bytes(converter.convert()))  # a full-int8 model only to name the stem's tensors
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=stem)
     debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=calibration.batches,

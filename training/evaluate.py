@@ -21,7 +21,9 @@ def predict_logits(model, crops: np.ndarray, rows: np.ndarray, batch_size: int =
 
 
 def _split_report(name: str, frame: pd.DataFrame, y: np.ndarray, logits_by_row: dict[int, np.ndarray],
-                  labels: list[str], temperature: float, threshold: float, out_dir: Path) -> dict:
+                  labels: list[str], temperature: float, threshold: float,
+                  out_dir: Path) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+    """Metrics and calibration of one split, and its risk-coverage curve (coverage, answered accuracy)."""
     rows = np.flatnonzero(frame["split"].to_numpy() == name)
     located = [r for r in rows if r in logits_by_row]
     y_all = y[rows]
@@ -43,7 +45,8 @@ def _split_report(name: str, frame: pd.DataFrame, y: np.ndarray, logits_by_row: 
     }
     plots.confusion_png(report["confusion"]["matrix"], labels, out_dir / f"confusion_{name}.png",
                         f"{name}: accuracy {report['accuracy']:.3f}")
-    return report
+    _, curve_coverage, curve_accuracy = calibration.risk_coverage(after, y_loc)
+    return report, (curve_coverage, curve_accuracy)
 
 
 def evaluate_and_calibrate(model, crops: np.ndarray, y: np.ndarray, frame: pd.DataFrame, labels: list[str],
@@ -66,12 +69,8 @@ def evaluate_and_calibrate(model, crops: np.ndarray, y: np.ndarray, frame: pd.Da
     for name in ("val", "test"):
         if not (split == name).any():
             continue
-        part = _split_report(name, frame, y, logits_by_row, labels, temperature, threshold, out_dir)
+        part, curves[name] = _split_report(name, frame, y, logits_by_row, labels, temperature, threshold, out_dir)
         report["splits"][name] = part
-        located = [r for r in np.flatnonzero(split == name) if r in logits_by_row]
-        probs = softmax(np.stack([logits_by_row[r] for r in located]), temperature)
-        _, coverage, accuracy = calibration.risk_coverage(probs, y[located])
-        curves[name] = (coverage, accuracy)
         cal = part["calibration"]
         if cal["accuracy_answered_at_threshold"] is not None:
             points[name] = (cal["coverage_at_threshold"], cal["accuracy_answered_at_threshold"])

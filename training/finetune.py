@@ -42,18 +42,14 @@ def _best_val_loss(history_csv: Path) -> float | None:
     return min(losses) if losses else None
 
 
-class EpochSummary:
+def epoch_summary():
     """Keras callback printing one line per epoch (the progress bar shows the steps)."""
+    import keras
 
-    def __new__(cls):
-        import keras
-
-        class _Summary(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                logs = logs or {}
-                print(f"fine-tune epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()),
-                      file=sys.stderr, flush=True)
-        return _Summary()
+    def on_epoch_end(epoch, logs):
+        print(f"fine-tune epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items()),
+              file=sys.stderr, flush=True)
+    return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
 
 
 def finetune(model, crops: np.ndarray, y: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
@@ -94,7 +90,7 @@ def finetune(model, crops: np.ndarray, y: np.ndarray, train_rows: np.ndarray, va
                                         initial_value_threshold=threshold),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
         keras.callbacks.CSVLogger(str(history_csv), append=True),
-        EpochSummary(),
+        epoch_summary(),
     ]
     print(f"fine-tune: from {config.finetune_from}, lr {config.finetune_lr}, up to {config.finetune_epochs} epochs",
           file=sys.stderr)

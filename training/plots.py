@@ -13,6 +13,19 @@ def _pyplot():
     return plt
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path, legend: bool = True) -> None:
+    """Label the axes, add the legend, save the figure as PNG and free it."""
+    import matplotlib.pyplot as plt
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if legend:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def confusion_png(matrix: list[list[int]], labels: list[str], path: Path, title: str) -> None:
     """Heat map of a confusion matrix with counts in the cells."""
     plt = _pyplot()
@@ -21,15 +34,10 @@ def confusion_png(matrix: list[list[int]], labels: list[str], path: Path, title:
     ax.imshow(m, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             ax.text(j, i, str(m[i, j]), ha="center", va="center", color="white" if m[i, j] > m.max() / 2 else "black")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, "predicted", "true", title, path, legend=False)
 
 
 def reliability_png(curves: dict[str, list[dict]], path: Path, title: str) -> None:
@@ -40,13 +48,7 @@ def reliability_png(curves: dict[str, list[dict]], path: Path, title: str) -> No
     for name, bins in curves.items():
         pts = [(b["confidence"], b["accuracy"]) for b in bins if b["count"]]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, "confidence", "accuracy", title, path)
 
 
 def risk_coverage_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], threshold_points: dict[str, tuple[float, float]],
@@ -58,10 +60,4 @@ def risk_coverage_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], threshol
         ax.plot(coverage, accuracy, label=name)
     for name, (coverage, accuracy) in threshold_points.items():
         ax.plot([coverage], [accuracy], "o", label=f"{name} at stored threshold")
-    ax.set_xlabel("coverage (share of cells answered)")
-    ax.set_ylabel("accuracy on answered cells")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, "coverage (share of cells answered)", "accuracy on answered cells", title, path)
