@@ -14,7 +14,9 @@ import numpy as np
 
 from edge_app.pipeline import UNCERTAIN, CellResult
 
-BASE_COLUMNS = ["source", "frame", "cell", "label", "predicted", "confidence",
+# label: the answer (a class or UNCERTAIN); predicted/confidence: the most probable class; runner_up: the
+# second (a reviewer's other candidate); reason: why the answer is UNCERTAIN, empty otherwise.
+BASE_COLUMNS = ["source", "frame", "cell", "label", "predicted", "confidence", "runner_up", "reason",
                 "x0", "y0", "x1", "y1", "latency_ms", "error"]
 STAGES = ("decode", "localise", "preprocess", "invoke", "write")
 MAX_FAILURES_LISTED = 20   # in the printed summary
@@ -25,6 +27,24 @@ MAX_SAMPLES = 100_000      # latest latencies kept for the p95; means cover ever
 def csv_columns(labels: list[str]) -> list[str]:
     """The CSV header: the fixed columns, then p_<LABEL> per class in model order."""
     return BASE_COLUMNS + [f"p_{label}" for label in labels]
+
+
+def cell_record(source: str, frame: int, index: int, cell: CellResult, labels: list[str],
+                latency_ms: float) -> dict[str, Any]:
+    """One located cell as a row (the CSV's columns, probabilities as a dict): shared by run and the web viewer."""
+    b = cell.box
+    return {"source": source, "frame": frame, "cell": index, "label": cell.label, "predicted": cell.predicted,
+            "confidence": float(cell.confidence), "runner_up": labels[cell.runner_up], "reason": cell.flag,
+            "x0": b.x0, "y0": b.y0, "x1": b.x1, "y1": b.y1, "latency_ms": float(latency_ms), "error": "",
+            "probabilities": {label: float(p) for label, p in zip(labels, cell.probabilities)}}
+
+
+def csv_values(record: dict[str, Any], labels: list[str]) -> list[Any]:
+    """A record from cell_record as CSV values in csv_columns order (4 decimals for probabilities)."""
+    fixed = [record[c] for c in BASE_COLUMNS]
+    fixed[BASE_COLUMNS.index("confidence")] = f"{record['confidence']:.4f}"
+    fixed[BASE_COLUMNS.index("latency_ms")] = f"{record['latency_ms']:.2f}"
+    return fixed + [f"{record['probabilities'][label]:.4f}" for label in labels]
 
 
 def one_line(text: str) -> str:
@@ -55,14 +75,11 @@ class CsvWriter:
             os.fsync(self._file.fileno())
 
     def write_cell(self, source: str, frame: int, index: int, cell: CellResult, latency_ms: float) -> None:
-        b = cell.box
-        self._put([one_line(source), frame, index, cell.label, cell.predicted, f"{cell.confidence:.4f}",
-                   b.x0, b.y0, b.x1, b.y1, f"{latency_ms:.2f}", ""]
-                  + [f"{p:.4f}" for p in cell.probabilities])
+        self._put(csv_values(cell_record(one_line(source), frame, index, cell, self.labels, latency_ms), self.labels))
 
     def write_error(self, source: str, frame: int, error: str) -> None:
-        self._put([one_line(source), frame, "", "", "", "", "", "", "", "", "", one_line(error)]
-                  + [""] * len(self.labels))
+        row = dict.fromkeys(BASE_COLUMNS, "") | {"source": one_line(source), "frame": frame, "error": one_line(error)}
+        self._put([row[c] for c in BASE_COLUMNS] + [""] * len(self.labels))
 
     def close(self) -> None:
         if not self._file.closed:

@@ -34,7 +34,7 @@ from edge_app.model import Classifier, runtime_version  # noqa: E402
 from edge_app.model_path import DEFAULT_MODEL_NAME, MODEL_ENV  # noqa: E402
 from edge_app.overlay import draw_results  # noqa: E402
 from edge_app.pipeline import UNCERTAIN, FrameResult, classify_frame  # noqa: E402
-from edge_app.results import BASE_COLUMNS, csv_columns  # noqa: E402
+from edge_app.results import BASE_COLUMNS, cell_record, csv_columns, csv_values  # noqa: E402
 from edge_app.web_live import LiveCamera, colour_hex, encode_jpeg, mjpeg_stream  # noqa: E402
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -74,15 +74,15 @@ def result_rows(source: str, frame: int, result: FrameResult, labels: list[str],
                 decode_ms: float = 0.0) -> list[dict[str, Any]]:
     """One row per located cell, as `hemato run` writes them (latency_ms: the frame's decode..invoke)."""
     latency = decode_ms + sum(result.timings_ms.values())
-    rows = []
-    for i, cell in enumerate(result.cells):
-        b = cell.box
-        rows.append({"source": source, "frame": frame, "cell": i, "label": cell.label,
-                     "predicted": cell.predicted, "confidence": round(cell.confidence, 6),
-                     "x0": b.x0, "y0": b.y0, "x1": b.x1, "y1": b.y1,
-                     "latency_ms": round(latency, 3), "error": "",
-                     "probabilities": {lab: round(float(p), 6) for lab, p in zip(labels, cell.probabilities)}})
-    return rows
+    return [_rounded(cell_record(source, frame, i, cell, labels, latency)) for i, cell in enumerate(result.cells)]
+
+
+def _rounded(record: dict[str, Any]) -> dict[str, Any]:
+    """A record with JSON-friendly precision (confidence and probabilities to 6 places, latency to 3)."""
+    record["confidence"] = round(record["confidence"], 6)
+    record["latency_ms"] = round(record["latency_ms"], 3)
+    record["probabilities"] = {k: round(v, 6) for k, v in record["probabilities"].items()}
+    return record
 
 
 def differential(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
@@ -109,9 +109,7 @@ def rows_to_csv(rows: list[dict[str, Any]], labels: list[str]) -> str:
     writer = csv.writer(out)
     writer.writerow(csv_columns(labels))
     for r in rows:
-        writer.writerow([_csv_safe(r["source"]), r["frame"], r["cell"], r["label"], r["predicted"],
-                         f"{r['confidence']:.4f}", r["x0"], r["y0"], r["x1"], r["y1"], f"{r['latency_ms']:.2f}",
-                         r["error"]] + [f"{r['probabilities'][lab]:.4f}" for lab in labels])
+        writer.writerow(csv_values(r | {"source": _csv_safe(r["source"])}, labels))
     return out.getvalue()
 
 

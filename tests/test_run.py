@@ -46,7 +46,7 @@ def test_folder_run_rows_boxes_and_summary(tmp_path, tiny_tflite, capsys):
 
     header, rows = read_csv(out)
     assert header == csv_columns(LABELS)
-    assert header[:12] == ["source", "frame", "cell", "label", "predicted", "confidence",
+    assert header[:14] == ["source", "frame", "cell", "label", "predicted", "confidence", "runner_up", "reason",
                            "x0", "y0", "x1", "y1", "latency_ms", "error"]
     by_source = {}
     for row in rows:
@@ -61,6 +61,7 @@ def test_folder_run_rows_boxes_and_summary(tmp_path, tiny_tflite, capsys):
         assert row["label"] == row["predicted"] == LABELS[int(np.argmax(p))]
         assert float(row["confidence"]) == pytest.approx(max(p), abs=1e-4)
         assert row["error"] == "" and float(row["latency_ms"]) > 0 and row["frame"] == "0"
+        assert row["runner_up"] == LABELS[int(np.argsort(p)[-2])] and row["reason"] == ""
     assert [r["cell"] for r in by_source["b_two.png"]] == ["0", "1"]
     (broken,) = by_source["d_broken.jpg"]
     assert broken["error"] == "corrupt JPEG header (bad marker)"
@@ -106,6 +107,7 @@ def test_min_confidence_makes_uncertain_and_it_is_counted_apart(tmp_path, smear_
     _, rows = read_csv(out)
     assert len(rows) == 3 and {r["label"] for r in rows} == {"UNCERTAIN"}
     assert all(r["predicted"] in LABELS for r in rows)
+    assert all(r["reason"] == "low confidence" and r["runner_up"] in set(LABELS) - {r["predicted"]} for r in rows)
     summary = capsys.readouterr().out
     assert "Differential count (0 cells; 3 UNCERTAIN not counted):" in summary
 

@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=DEFAULTS.patience, help="early-stopping patience (epochs)")
     parser.add_argument("--views", type=int, choices=(1, 2, 4), default=DEFAULTS.views,
                         help="rotations averaged inside the deployed model (4: orientation-free, 4x compute)")
+    parser.add_argument("--group-size", type=int, default=DEFAULTS.group_size,
+                        help="images per recovered look-alike group when the data has no group column")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
     parser.add_argument("--cache", type=Path, default=None, help="crop/feature cache folder (default OUT/cache)")
 
@@ -43,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
                          head_epochs=args.head_epochs, finetune_epochs=args.finetune_epochs,
                          finetune_from=args.finetune_from, finetune_lr=args.finetune_lr, dropout=args.dropout,
                          val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
-                         views=args.views)
+                         group_size=args.group_size, views=args.views)
     try:
         report = run_training(args.data, args.out, config, args.cache)
     except (DatasetError, WeightsError, ValueError) as exc:
