@@ -19,7 +19,9 @@ import numpy as np
 from edge_app.dataset import labelled_images
 from edge_app.metadata import ModelFileError
 from edge_app.model import Classifier
-from edge_app.vision import CropSettings, largest_cell_crop
+from edge_app.pipeline import decide
+from edge_app.vision import CropSettings, crop_statistics, largest_cell_crop
+from training.calibration import coverage_of_answers, expected_calibration_error
 
 PRINTED_DISAGREEMENTS = 20
 
@@ -35,6 +37,8 @@ class Predictions:
     classifier: Classifier
     top: list[str | None] = field(default_factory=list)
     probs: list[np.ndarray | None] = field(default_factory=list)
+    raw_probs: list[np.ndarray | None] = field(default_factory=list)  # at temperature 1, for ECE before scaling
+    answered: list[bool] = field(default_factory=list)  # not UNCERTAIN at the model's stored threshold
     invoke_ms: list[float] = field(default_factory=list)
 
 
@@ -85,13 +89,20 @@ def predict_all(models: list[Classifier], images: list[tuple[Path, str]]) -> tup
             if crop is None:
                 run.top.append(None)
                 run.probs.append(None)
+                run.raw_probs.append(None)
+                run.answered.append(False)
                 continue
+            clf = run.classifier
             start = time.perf_counter()
-            raw = run.classifier.raw_outputs(crop)
+            raw = clf.raw_outputs(crop)
             run.invoke_ms.append((time.perf_counter() - start) * 1000)
-            probs = run.classifier.probabilities(raw)
+            probs = clf.probabilities(raw)
             run.probs.append(probs)
-            run.top.append(run.classifier.labels[int(np.argmax(probs))])
+            run.raw_probs.append(clf.probabilities(raw, temperature=1.0))
+            run.top.append(clf.labels[int(np.argmax(probs))])
+            unusual = clf.colour_guard is not None and clf.colour_guard.is_unusual(crop_statistics(crop, settings))
+            answer, _ = decide(run.top[-1], float(probs.max()), clf.min_confidence, unusual)
+            run.answered.append(answer == run.top[-1])
         if n % 100 == 0 or n == len(images):
             print(f"verify: {n}/{len(images)} images", file=sys.stderr, flush=True)
     return runs, unreadable
@@ -107,11 +118,21 @@ def model_summary(run: Predictions, images: list[tuple[Path, str]]) -> dict[str,
         hits = [c for c, t in zip(correct, truth) if t == label]
         per_class[label] = {"images": len(hits), "accuracy": sum(hits) / len(hits) if hits else None}
     size = clf.path.stat().st_size
+    located = [i for i, p in enumerate(run.probs) if p is not None]
+    y = np.array([clf.labels.index(truth[i]) for i in located])
+    calibration = None
+    if located:
+        answered = np.array([run.answered[i] for i in located])
+        coverage, answered_accuracy = coverage_of_answers(np.stack([run.probs[i] for i in located]), y, answered)
+        calibration = {"temperature": clf.temperature, "min_confidence": clf.min_confidence,
+                       "ece_before": expected_calibration_error(np.stack([run.raw_probs[i] for i in located]), y),
+                       "ece_after": expected_calibration_error(np.stack([run.probs[i] for i in located]), y),
+                       "coverage": coverage, "answered_accuracy": answered_accuracy}
     return {"path": str(clf.path), "name": clf.name, "variant": clf.metadata.get("variant", "?"),
             "io": {"input": clf.input_dtype, "output": clf.output_dtype}, "size_bytes": size,
             "size_mb": size / 1e6, "images": len(images), "correct": int(sum(correct)),
             "accuracy": sum(correct) / len(images), "no_cell": sum(p is None for p in run.top),
-            "per_class": per_class,
+            "per_class": per_class, "calibration": calibration,
             "mean_invoke_ms": float(np.mean(run.invoke_ms)) if run.invoke_ms else None}
 
 
@@ -173,6 +194,15 @@ def markdown(report: dict[str, Any]) -> str:
                  f"{c['mean_abs_prob_diff']:.4f}" if c else "ref", ms,
                  ("pass" if c["passed"] else "FAIL: " + "; ".join(c["failures"])) if c else "ref"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Calibration on located cells (ECE, 15 bins, before/after the stored temperature) and answers at "
+              "the stored threshold (UNCERTAIN below it or for an unusual crop):", "",
+              "| model | temperature | ECE before | ECE after | threshold | coverage | accuracy answered |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for m in models:
+        cal = m["calibration"]
+        if cal:
+            lines.append(f"| {m['name']} | {cal['temperature']:.4f} | {cal['ece_before']:.4f} | {cal['ece_after']:.4f} "
+                         f"| {cal['min_confidence']:.4f} | {_pct(cal['coverage'])} | {_pct(cal['answered_accuracy'])} |")
     lines += ["", "| class | images | " + " | ".join(m["name"] for m in models) + " |",
               "|---|---:|" + "---:|" * len(models)]
     for label, stats in models[0]["per_class"].items():

@@ -110,3 +110,20 @@ def test_verify_runs_without_tensorflow():
     code = "import sys, convert.verify; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
+
+
+def test_report_gives_calibration_before_and_after_the_stored_temperature(setup, tmp_path):
+    """ECE at temperature 1 and at the stored one, and coverage/accuracy at the stored threshold."""
+    from convert.metadata_writer import embed_metadata
+    from edge_app.metadata import read_model_metadata
+
+    meta = read_model_metadata(setup["float32"]) | {"temperature": 4.0, "min_confidence": 0.9}
+    hot = tmp_path / "hot_float32.tflite"
+    hot.write_bytes(embed_metadata(setup["float32"].read_bytes(), meta))
+    report_path = tmp_path / "verify.json"
+    hemato(["verify", str(setup["float32"]), str(hot), "--data", str(setup["test"]), "--json", str(report_path)])
+    plain, scaled = (m["calibration"] for m in json.loads(report_path.read_text())["models"])
+    assert plain["temperature"] == 1.0 and plain["ece_before"] == pytest.approx(plain["ece_after"])
+    assert scaled["ece_before"] == pytest.approx(plain["ece_before"])  # same logits, same raw ECE
+    assert scaled["ece_after"] != pytest.approx(scaled["ece_before"])  # a hotter softmax changes it
+    assert 0 <= scaled["coverage"] < plain["coverage"] <= 1  # softer probabilities clear 0.9 less often

@@ -69,7 +69,11 @@ def choose_threshold(probs: np.ndarray, y: np.ndarray, target_accuracy: float = 
 
 def coverage_at(probs: np.ndarray, y: np.ndarray, threshold: float) -> tuple[float, float | None]:
     """(share of cells answered, accuracy on them) at a confidence threshold."""
-    answered = probs.max(axis=1) >= threshold
+    return coverage_of_answers(probs, y, probs.max(axis=1) >= threshold)
+
+
+def coverage_of_answers(probs: np.ndarray, y: np.ndarray, answered: np.ndarray) -> tuple[float, float | None]:
+    """(share of cells answered, accuracy on them) for a given answered mask."""
     if not answered.any():
         return 0.0, None
     return float(answered.mean()), float((probs.argmax(axis=1)[answered] == y[answered]).mean())
