@@ -30,12 +30,12 @@ class TrainConfig:
     batch_size: int = 32
     head_epochs: int = 30
     head_lr: float = 1e-3
-    finetune_epochs: int = 4
-    finetune_lr: float = 5e-5
+    finetune_epochs: int = 8
+    finetune_lr: float = 3e-5
     finetune_from: str = "block_13_expand"
     dropout: float = 0.3
     val_fraction: float = 0.2
-    patience: int = 1
+    patience: int = 2
     seed: int = 0
     group_size: int = 60
     views: int = 4  # rotations averaged inside the deployed model (training.model.with_rotation_views)
