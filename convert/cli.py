@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quant", choices=VARIANTS, default="float32", help="variant to write (default float32)")
     parser.add_argument("--out", type=Path, help="output .tflite (default models/<run>_<quant>.tflite)")
     parser.add_argument("--calib", type=Path,
-                        help="int8: folder of real images (class folders or flat) for the representative dataset")
+                        help="folder of real images (class folders or flat): int8's representative dataset, and "
+                             "for int8 and dynamic the crops that measure bias correction (convert.bias_correction)")
     parser.add_argument("--calib-count", type=int, default=300,
                         help="int8: number of calibration crops, stratified by class (default 300)")
     parser.add_argument("--seed", type=int, default=0, help="int8: seed of the calibration sample (default 0)")
@@ -34,15 +35,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Convert one run folder as the arguments say; returns the exit status."""
     out = args.out or Path("models") / f"{args.run.name}_{args.quant}.tflite"
-    if args.quant != "int8" and (args.calib or args.io or args.io_out or args.float_stem):
-        raise ConversionError("--calib, --io, --io-out and --float-stem apply only to --quant int8")
+    if args.calib and args.quant not in ("int8", "dynamic"):
+        raise ConversionError("--calib applies only to --quant int8 (calibration and bias correction) "
+                              "and dynamic (bias correction)")
+    if args.quant != "int8" and (args.io or args.io_out or args.float_stem):
+        raise ConversionError("--io, --io-out and --float-stem apply only to --quant int8")
     if args.float_stem and (args.io or args.io_out):
         raise ConversionError("--float-stem gives float input and output: drop --io/--io-out")
     meta = read_run_metadata(args.run)  # fail on a bad run folder before any slow step
     calibration = None
-    if args.quant == "int8":
-        if args.calib is None:
-            raise ConversionError("--quant int8 needs --calib FOLDER of real images (e.g. the TRAIN split)")
+    if args.quant == "int8" and args.calib is None:
+        raise ConversionError("--quant int8 needs --calib FOLDER of real images (e.g. the TRAIN split)")
+    if args.calib is not None:
         calibration = build_calibration_set(args.calib, crop_settings(meta), args.calib_count, args.seed)
     print(f"converting {args.run} to {args.quant} ...", file=sys.stderr, flush=True)
     written = convert_run(args.run, args.quant, out, calibration, args.io or "uint8", args.io_out or "float32",

@@ -15,6 +15,9 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from convert.bias_correction import correct_for_int8
 from convert.calibration import CalibrationSet
 from convert.metadata_writer import embed_metadata
 from edge_app.vision import CropSettings
@@ -178,7 +181,11 @@ def convert_run(run_dir: Path, variant: str, out: Path, calibration: Calibration
     """Convert a run folder to `out` and return the metadata written into the file."""
     run_dir, out = Path(run_dir), Path(out)
     meta = read_run_metadata(run_dir)
-    model = with_rotation_views(load_keras(run_dir, meta), int(meta.get("views", 1)))
+    model = load_keras(run_dir, meta)
+    corrected = 0
+    if variant in ("int8", "dynamic") and calibration is not None:
+        corrected = correct_for_int8(model, np.stack(calibration.crops))
+    model = with_rotation_views(model, int(meta.get("views", 1)))
     float_stem = float_stem and variant == "int8"
     data = convert_model(model, variant, meta["input_size"], calibration, io_input, io_output, float_stem)
     io = {"input": "float32", "output": "float32"} if float_stem else io_types(variant, io_input, io_output)
@@ -186,6 +193,8 @@ def convert_run(run_dir: Path, variant: str, out: Path, calibration: Calibration
                               calibration if variant == "int8" else None)
     if float_stem:
         written["float_layers"] = list(FLOAT_STEM_LAYERS)
+    if corrected:
+        written["bias_corrected_layers"] = corrected
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(embed_metadata(data, written))
     return written
