@@ -78,6 +78,16 @@ def test_cli_int8_with_small_stratified_calibration(tmp_path, tmp_path_factory):
     assert meta["calibration"]["count"] == 8
     assert meta["calibration"]["per_class"] == {label: 2 for label in LABELS}
     assert meta["input_size"] == INPUT_SIZE
+    assert meta["bias_corrected_layers"] == 1  # the tiny model's one convolution
+
+
+def test_dynamic_with_calib_is_bias_corrected_and_without_is_not(tmp_path, tmp_path_factory):
+    a = assets(tmp_path_factory)
+    for calib in ([], ["--calib", str(a["train"]), "--calib-count", "8"]):
+        out = tmp_path / f"wbc_dynamic_{len(calib)}.tflite"
+        assert hemato(["convert", str(a["run"]), "--quant", "dynamic", *calib, "--out", str(out)]) == 0
+        assert read_model_metadata(out).get("bias_corrected_layers") == (1 if calib else None)
+        assert "calibration" not in read_model_metadata(out)  # dynamic range has no activation calibration
 
 
 def test_stratified_order_interleaves_classes_reproducibly(tmp_path):
