@@ -5,8 +5,9 @@
 Needs the `train` extra. For a sample of real crops (edge_app's crop path) it prints the median cosine
 similarity between the clean pooled features of a trained run and the features after: input noise of
 half a grey level; one int8 rounding step (uniform noise 6/255 wide) after one ReLU6 layer; and the
-full-int8 and float-stem int8 conversions. A layer where one rounding step already moves the features
-far is where post-training quantisation cannot keep parity, and quantisation-aware training must.
+full-int8 and float-stem int8 conversions, without and with bias correction (convert.bias_correction).
+A layer where one rounding step already moves the features far is where post-training quantisation
+cannot keep parity, and quantisation-aware training must.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convert.bias_correction import correct_for_int8
 from convert.calibration import build_calibration_set
 from convert.converter import convert_model, crop_settings, load_keras, read_run_metadata
 from training.model import backbone_of
@@ -86,10 +88,14 @@ def main(argv: list[str] | None = None) -> None:
     for layer in PROBED_LAYERS:
         print(f"  one int8 step after {layer:28s} {median_cosine(clean, features_with_rounding_noise(backbone, x, layer)):.4f}")
     reference = np.asarray(features(crops.astype(np.float32)))
-    for name, float_stem in (("full int8", False), ("int8, float stem", True)):
-        quantised = tflite_features(convert_model(features, "int8", meta["input_size"], calibration,
-                                                  io_input="float32", float_stem=float_stem), crops)
-        print(f"  conversion: {name:31s} {median_cosine(reference, quantised):.4f}")
+    for corrected in (False, True):
+        if corrected:  # changes the weights in place, so after the uncorrected conversions
+            correct_for_int8(model, np.stack(calibration.crops))
+        for name, float_stem in (("full int8", False), ("int8, float stem", True)):
+            quantised = tflite_features(convert_model(features, "int8", meta["input_size"], calibration,
+                                                      io_input="float32", float_stem=float_stem), crops)
+            label = f"{name}{', bias-corrected' if corrected else ''}"
+            print(f"  conversion: {label:31s} {median_cosine(reference, quantised):.4f}")
 
 
 if __name__ == "__main__":

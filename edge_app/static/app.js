@@ -86,6 +86,7 @@ function cellBlock(row, index, count) {
     const top = Object.entries(row.probabilities).sort((a, b) => b[1] - a[1]).slice(0, 2);
     answer.append(el("strong", "label uncertain", "⚠ uncertain"),
                   el("span", "top2", "top two: " + top.map(([l, p]) => l + " " + pct(p)).join(", ")));
+    if (row.reason) answer.append(el("span", "reason", "(" + row.reason + ")"));
   } else {
     const label = el("strong", "label", row.label);
     label.style.color = colourOf(row.label);
