@@ -40,12 +40,18 @@ def run(folder, model, out, *extra) -> int:
     return hemato(["run", str(folder), "--model", str(model), "--csv", str(out), *extra])
 
 
-def test_a_second_run_skips_what_is_done_and_redoes_the_last(tmp_path, tiny_tflite, capsys):
+def first_run(tmp_path, model, names):
+    """A folder of smears with `names`, classified once into r.csv; returns (folder, csv path)."""
     folder = tmp_path / "smears"
     folder.mkdir()
-    add_images(folder, ["a.jpg", "b.jpg", "c.jpg"])
+    add_images(folder, names)
     out = tmp_path / "r.csv"
-    assert run(folder, tiny_tflite, out) == 0
+    assert run(folder, model, out) == 0
+    return folder, out
+
+
+def test_a_second_run_skips_what_is_done_and_redoes_the_last(tmp_path, tiny_tflite, capsys):
+    folder, out = first_run(tmp_path, tiny_tflite, ["a.jpg", "b.jpg", "c.jpg"])
     first = rows_of(out)
     capsys.readouterr()
 
@@ -63,11 +69,7 @@ def test_a_second_run_skips_what_is_done_and_redoes_the_last(tmp_path, tiny_tfli
 
 
 def test_a_row_cut_by_a_power_cut_is_repaired_and_its_image_redone(tmp_path, tiny_tflite, capsys):
-    folder = tmp_path / "smears"
-    folder.mkdir()
-    add_images(folder, ["a.jpg", "b.jpg", "c.jpg"])
-    out = tmp_path / "r.csv"
-    assert run(folder, tiny_tflite, out) == 0
+    folder, out = first_run(tmp_path, tiny_tflite, ["a.jpg", "b.jpg", "c.jpg"])
     complete = out.read_bytes()
     out.write_bytes(complete[:-25])  # the power went while c.jpg's second row was being written
     before = rows_of(out)[:-1]
@@ -85,11 +87,7 @@ def test_a_row_cut_by_a_power_cut_is_repaired_and_its_image_redone(tmp_path, tin
 
 
 def test_a_tail_of_nul_bytes_after_a_crash_is_cut(tmp_path, tiny_tflite):
-    folder = tmp_path / "smears"
-    folder.mkdir()
-    add_images(folder, ["a.jpg", "b.jpg"])
-    out = tmp_path / "r.csv"
-    assert run(folder, tiny_tflite, out) == 0
+    folder, out = first_run(tmp_path, tiny_tflite, ["a.jpg", "b.jpg"])
     complete = out.read_bytes()
     with open(out, "ab") as f:  # ext4 after a crash: the size grew, the data did not arrive
         f.write(b"\0" * 300 + b"\r\n" + b"\0" * 40)
