@@ -19,8 +19,8 @@ import numpy as np
 from edge_app.dataset import labelled_images
 from edge_app.metadata import ModelFileError
 from edge_app.model import Classifier
-from edge_app.pipeline import decide
-from edge_app.vision import CropSettings, crop_statistics, largest_cell_crop
+from edge_app.pipeline import decide, is_unusual_crop
+from edge_app.vision import CropSettings, largest_cell_crop
 from training.calibration import coverage_of_answers, expected_calibration_error
 
 PRINTED_DISAGREEMENTS = 20
@@ -100,8 +100,7 @@ def predict_all(models: list[Classifier], images: list[tuple[Path, str]]) -> tup
             run.probs.append(probs)
             run.raw_probs.append(clf.probabilities(raw, temperature=1.0))
             run.top.append(clf.labels[int(np.argmax(probs))])
-            unusual = clf.colour_guard is not None and clf.colour_guard.is_unusual(crop_statistics(crop, settings))
-            answer, _ = decide(run.top[-1], float(probs.max()), clf.min_confidence, unusual)
+            answer, _ = decide(run.top[-1], float(probs.max()), clf.min_confidence, is_unusual_crop(clf, crop))
             run.answered.append(answer == run.top[-1])
         if n % 100 == 0 or n == len(images):
             print(f"verify: {n}/{len(images)} images", file=sys.stderr, flush=True)

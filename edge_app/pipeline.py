@@ -52,6 +52,12 @@ def classify_crop(classifier: Classifier, rgb: np.ndarray) -> tuple[np.ndarray, 
     return probs, classifier.labels[top], float(probs[top])
 
 
+def is_unusual_crop(classifier: Classifier, rgb: np.ndarray) -> bool:
+    """Whether the model's colour guard (if it has one) finds this crop unlike the training crops."""
+    guard = classifier.colour_guard
+    return guard is not None and guard.is_unusual(crop_statistics(rgb, classifier.crop_settings))
+
+
 def decide(label: str, confidence: float, min_confidence: float, unusual: bool = False) -> tuple[str, str]:
     """The answer to report and why: the class, or UNCERTAIN for an unusual crop or low confidence."""
     if unusual:
@@ -74,9 +80,7 @@ def classify_frame(classifier: Classifier, bgr: np.ndarray, min_confidence: floa
     for box, crop in zip(boxes, crops):
         start = time.perf_counter()
         probs, label, confidence = classify_crop(classifier, crop)
-        guard = classifier.colour_guard
-        unusual = guard is not None and guard.is_unusual(crop_statistics(crop, settings))
-        answer, flag = decide(label, confidence, threshold, unusual)
+        answer, flag = decide(label, confidence, threshold, is_unusual_crop(classifier, crop))
         cells.append(CellResult(box, probs, label, confidence, answer, (time.perf_counter() - start) * 1000, flag))
     t3 = time.perf_counter()
     timings = {"localise": (t1 - t0) * 1000, "preprocess": (t2 - t1) * 1000, "invoke": (t3 - t2) * 1000}
