@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 from io import StringIO
 from pathlib import Path
@@ -120,7 +121,9 @@ def _int8_with_float_stem(converter, calibration: CalibrationSet) -> bytes:
     """Full-integer model except the stem's ops, which stay float (float32 input and output)."""
     import tensorflow as tf
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.representative_dataset = lambda: itertools.islice(calibration.batches(), 2)
     stem = _stem_tensor_names(bytes(converter.convert()))  # a full-int8 model only to name the stem's tensors
+    converter.representative_dataset = calibration.batches
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=stem)
     debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=calibration.batches,
@@ -176,17 +179,23 @@ def io_types(variant: str, io_input: str, io_output: str) -> dict[str, str]:
         {"input": "float32", "output": "float32"}
 
 
+def stays_float(layer_name: str) -> bool:
+    """Whether a Keras layer of the backbone is one of FLOAT_STEM_LAYERS (kept float by --float-stem)."""
+    return any(layer_name.startswith(key.lstrip("/")) for key in FLOAT_STEM_LAYERS)
+
+
 def convert_run(run_dir: Path, variant: str, out: Path, calibration: CalibrationSet | None = None,
                 io_input: str = "uint8", io_output: str = "float32", float_stem: bool = False) -> dict[str, Any]:
     """Convert a run folder to `out` and return the metadata written into the file."""
     run_dir, out = Path(run_dir), Path(out)
     meta = read_run_metadata(run_dir)
     model = load_keras(run_dir, meta)
+    float_stem = float_stem and variant == "int8"
     corrected = 0
     if variant in ("int8", "dynamic") and calibration is not None:
-        corrected = correct_for_int8(model, np.stack(calibration.crops))
+        corrected = correct_for_int8(model, np.stack(calibration.crops),
+                                     keep_float=stays_float if float_stem else lambda name: False)
     model = with_rotation_views(model, int(meta.get("views", 1)))
-    float_stem = float_stem and variant == "int8"
     data = convert_model(model, variant, meta["input_size"], calibration, io_input, io_output, float_stem)
     io = {"input": "float32", "output": "float32"} if float_stem else io_types(variant, io_input, io_output)
     written = tflite_metadata(meta, variant, io, file_sha256(run_dir / "model.keras"),

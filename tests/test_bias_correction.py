@@ -61,3 +61,19 @@ def test_without_the_bias_shift_snapping_alone_moves_the_output_more():
     bn.set_weights(saved)  # undo only the bias shift
     snapped_only = np.asarray(model(crops.astype(np.float32)))
     assert np.abs(snapped_only - before).mean() > 3 * np.abs(corrected - before).mean()
+
+
+def test_layers_meant_to_stay_float_are_left_alone():
+    model, inner = cancelling_model()
+    crops = np.random.default_rng(1).integers(0, 255, (8, 16, 16, 3)).astype(np.uint8)
+    kernel = inner.get_layer("dw").get_weights()[0].copy()
+    assert correct_for_int8(model, crops, keep_float=lambda name: name == "dw") == 1
+    np.testing.assert_array_equal(inner.get_layer("dw").get_weights()[0], kernel)
+
+
+def test_the_float_stem_names_the_backbone_layers_it_keeps():
+    from convert.converter import stays_float
+    for kept in ("Conv1", "expanded_conv_depthwise", "block_1_expand", "block_2_project"):
+        assert stays_float(kept), kept
+    for quantised in ("Conv_1", "block_12_expand", "block_16_project", "logits"):
+        assert not stays_float(quantised), quantised
