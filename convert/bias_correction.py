@@ -50,11 +50,6 @@ def _graphs_and_inputs(model, x: np.ndarray) -> list[tuple[Any, np.ndarray]]:
     return found
 
 
-def _is_depthwise(conv) -> bool:
-    import keras
-    return isinstance(conv, keras.layers.DepthwiseConv2D)
-
-
 def _patches(conv, x) -> np.ndarray:
     """The input patches `conv` multiplies by its kernel: (P, kh*kw, C), taps in the kernel's order."""
     import tensorflow as tf
@@ -123,7 +118,8 @@ def _grid_steps(folded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _correct_layer(graph, conv, stats: _PatchMean) -> None:
     """Snap one conv (with its BatchNorm folded in, as the converter will fold it) and fix its bias."""
-    depthwise = _is_depthwise(conv)
+    import keras
+    depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
     kernel = np.asarray(conv.get_weights()[0], np.float64)  # (kh, kw, in, out) or (kh, kw, in, multiplier=1)
     bn = _batchnorm_after(graph, conv)
     if bn is not None:
