@@ -20,6 +20,7 @@ import numpy as np
 
 from convert.bias_correction import correct_for_int8
 from convert.calibration import CalibrationSet
+from convert.input_fold import fold_input_scaling
 from convert.metadata_writer import embed_metadata
 from edge_app.vision import CropSettings
 from training.model import with_rotation_views
@@ -195,6 +196,8 @@ def convert_run(run_dir: Path, variant: str, out: Path, calibration: Calibration
     if variant in ("int8", "dynamic") and calibration is not None:
         corrected = correct_for_int8(model, np.stack(calibration.crops),
                                      keep_float=stays_float if float_stem else lambda name: False)
+    folded = fold_input_scaling(model) if variant == "int8" and not float_stem else None
+    model = folded or model
     model = with_rotation_views(model, int(meta.get("views", 1)))
     data = convert_model(model, variant, meta["input_size"], calibration, io_input, io_output, float_stem)
     io = {"input": "float32", "output": "float32"} if float_stem else io_types(variant, io_input, io_output)
@@ -204,6 +207,8 @@ def convert_run(run_dir: Path, variant: str, out: Path, calibration: Calibration
         written["float_layers"] = list(FLOAT_STEM_LAYERS)
     if corrected:
         written["bias_corrected_layers"] = corrected
+    if folded is not None:
+        written["input_scaling"] = "folded into the first convolution"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(embed_metadata(data, written))
     return written
