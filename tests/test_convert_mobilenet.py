@@ -1,0 +1,57 @@
+"""Conversion of the production layout (build_model's MobileNetV2, tiny): what stays float, what is folded."""
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from conftest import LABELS, tiny_metadata  # noqa: E402
+from convert_helpers import assets  # noqa: E402
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    import keras
+    from training.model import build_model
+    keras.utils.set_random_seed(0)
+    run = tmp_path_factory.mktemp("mobilenet_run")
+    build_model(len(LABELS), input_size=SIZE, weights=None).save(run / "model.keras")
+    (run / "metadata.json").write_text(json.dumps(tiny_metadata(LABELS, SIZE)))
+    return run
+
+
+def convert(run, tmp_path_factory, *options) -> tuple[dict, list[tuple[str, str]]]:
+    """Convert with `hemato convert`; returns the file's metadata and (op, output dtype) per op."""
+    from edge_app.metadata import read_model_metadata
+    from edge_app.model import interpreter_class
+    from hemato.cli import main as hemato
+    out = tmp_path_factory.mktemp("converted") / "model_int8.tflite"
+    rc = hemato(["convert", str(run), "--quant", "int8", "--calib", str(assets(tmp_path_factory)["train"]),
+                 "--calib-count", "16", "--out", str(out), *options])
+    assert rc == 0
+    interpreter = interpreter_class()[0](model_path=str(out))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = [(op["op_name"], np.dtype(tensors[op["outputs"][0]]["dtype"]).name) for op in interpreter._get_ops_details()]
+    return read_model_metadata(out), ops
+
+
+def test_full_int8_reads_raw_pixels_without_a_quantised_rescaling(run_folder, tmp_path_factory):
+    meta, ops = convert(run_folder, tmp_path_factory)
+    assert meta["input_scaling"] == "folded into the first convolution"
+    rotations = ("QUANTIZE", "TRANSPOSE", "REVERSE_V2", "CONCATENATION")
+    first_compute = next(name for name, _ in ops if name not in rotations)
+    assert first_compute.startswith("PAD"), ops[:8]
+    assert not any(name in ("MUL", "ADD") for name, _ in ops[:10]), ops[:10]
+
+
+def test_float_stem_keeps_the_stem_and_the_head_float(run_folder, tmp_path_factory):
+    meta, ops = convert(run_folder, tmp_path_factory, "--float-stem")
+    assert meta["float_ops"] == ["MEAN", "FULLY_CONNECTED"]
+    assert "input_scaling" not in meta
+    head = [dtype for name, dtype in ops if name in ("MEAN", "FULLY_CONNECTED")]
+    assert head and set(head) == {"float32"}
+    assert sum(1 for name, dtype in ops if name == "CONV_2D" and dtype == "int8") > 10
+    assert ops[0][1] == "float32"  # the stem's first ops run in float
