@@ -1,13 +1,13 @@
 """Fold the model's pixel scaling into its first convolution before full-int8 conversion.
 
 TFLite quantises the Rescaling layer as a MUL and an ADD, each with its own int8 tensor; the MUL's
-tensor is coarser than a grey level, and MobileNetV2's high-gain stem amplifies that noise
-(800 validation crops, full int8, four views: the converted file agrees with float32 on 95.9 %; an
-emulation of the int8 graph reproduces those 33 disagreements exactly, and holding the pixels exact
-leaves 17). Folding the scaling into Conv1's weights
-and bias leaves the raw pixels as the first tensor, which int8 holds exactly. Conv1's 'same'
-padding pads the scaled image with 0, so the folded graph pads the raw image with the pixel value
-that scales to 0 and convolves without padding: the same function in float.
+tensor is coarser than a grey level, and MobileNetV2's high-gain stem amplifies that noise. On 800
+validation crops (four views) the converted full-int8 file disagrees with float32 on 33; an
+emulation of the int8 graph reproduced those 33 exactly, and with the pixels held exact it left 17.
+Folding the scaling into Conv1's weights and bias leaves the raw pixels as the first tensor, which
+int8 holds exactly. Conv1's 'same' padding pads the scaled image with 0, so the folded graph pads the
+raw image with the pixel value that scales to 0 (127.5; int8 rounds it by half a grey level on the
+padded border only) and convolves without padding: the same function in float.
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ def _constant_pad_layer(before: int, after: int, value: float, name: str):
     from keras import ops
 
     class ConstantPad(keras.layers.Layer):
+        """Pads height and width with a constant (TFLite PADV2)."""
+
         def call(self, x):
             return ops.pad(x, [[0, 0], [before, after], [before, after], [0, 0]], constant_values=value)
 
@@ -42,7 +44,8 @@ def fold_input_scaling(model):
     """
     import keras
     layers = model.layers
-    if len(layers) < 3 or not isinstance(layers[1], keras.layers.Rescaling) or not isinstance(layers[2], keras.Model):
+    if len(layers) < 3 or not isinstance(layers[1], keras.layers.Rescaling) \
+            or not isinstance(layers[2], keras.Model):
         return None
     scaling, backbone = layers[1], layers[2]
     conv1 = backbone.layers[1]
