@@ -201,7 +201,8 @@ def convert_run(run_dir: Path, variant: str, out: Path, calibration: Calibration
         corrected = correct_for_int8(model, np.stack(calibration.crops),
                                      keep_float=stays_float if float_stem else lambda name: False)
     folded = fold_input_scaling(model) if variant == "int8" and not float_stem else None
-    model = folded or model
+    if folded is not None:
+        model = folded
     model = with_rotation_views(model, int(meta.get("views", 1)))
     data = convert_model(model, variant, meta["input_size"], calibration, io_input, io_output, float_stem)
     io = {"input": "float32", "output": "float32"} if float_stem else io_types(variant, io_input, io_output)
