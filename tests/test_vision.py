@@ -24,6 +24,14 @@ def test_several_cells_and_platelets_ignored():
     assert abs(centres[0][0] - 120) < 10 and abs(centres[1][0] - 480) < 10
 
 
+def test_clump_of_small_dots_is_not_a_cell_but_one_nucleus_of_same_area_is():
+    settings = CropSettings()  # 320 x 240: a cell needs 845 stained px and one blob of 192 px
+    dots = [(130 + 12 * i, 90 + 12 * j, 5) for i in range(4) for j in range(4)]  # 16 x ~80 px, one merged clump
+    assert locate_cells(make_smear(cells=dots, red_cells=0), settings) == []
+    boxes = locate_cells(make_smear(cells=[(160, 120, 20)], red_cells=0), settings)  # one ~1250 px nucleus
+    assert len(boxes) == 1 and boxes[0].stained_area > 845
+
+
 def test_crop_is_rgb_square_and_pads_outside_frame():
     frame = np.zeros((50, 50, 3), np.uint8)
     frame[:, :, 0] = 255  # pure blue in BGR
