@@ -142,3 +142,20 @@ def test_test_split_never_reaches_training_or_choices(tmp_path, monkeypatch):
     test_rows = set(np.flatnonzero(splits["split"] == "test"))
     assert test_rows and not test_rows & set(seen["dataset_rows"])
     assert seen["feature_crops"] == int((splits["split"] != "test").sum())
+
+
+def test_feature_cache_is_keyed_by_images_and_weights_not_only_by_size(tmp_path):
+    from edge_app.vision import CropSettings
+    from training.crops import crop_cache_file
+    from training.features import features_cache_file
+    a = read_dataset(write_dataset(tmp_path / "a", 4, 0))
+    b = read_dataset(write_dataset(tmp_path / "b", 4, 0))  # same size, other images
+    weights = tmp_path / "w.weights.h5"
+    weights.write_bytes(b"first")
+    crops_a = crop_cache_file(list(a["filepath"]), CropSettings(), tmp_path / "cache")
+    crops_b = crop_cache_file(list(b["filepath"]), CropSettings(), tmp_path / "cache")
+    first = features_cache_file(crops_a, str(weights), len(a))
+    assert first == features_cache_file(crops_a, str(weights), len(a))  # stable: the cache is found again
+    assert first != features_cache_file(crops_b, str(weights), len(b))
+    weights.write_bytes(b"other weights")
+    assert first != features_cache_file(crops_a, str(weights), len(a))

@@ -28,12 +28,17 @@ def _cache_key(paths: list[str], settings: CropSettings) -> str:
     return digest.hexdigest()[:16]
 
 
+def crop_cache_file(paths: list[str], settings: CropSettings, cache_dir: Path) -> Path:
+    """Where the crops of these exact files (paths and modification times) under these settings are cached."""
+    return Path(cache_dir) / f"crops_{settings.input_size}_{_cache_key(paths, settings)}.npz"
+
+
 def cached_crops(paths: list[str], settings: CropSettings, cache_dir: Path,
                  progress: bool = True) -> tuple[np.ndarray, list[str]]:
     """Crops for all paths (uint8 N x S x S x 3) and a reason per path ("" when usable)."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cache_file = cache_dir / f"crops_{settings.input_size}_{_cache_key(paths, settings)}.npz"
+    cache_file = crop_cache_file(paths, settings, cache_dir)
     if cache_file.exists():
         data = np.load(cache_file, allow_pickle=False)
         return data["crops"], [str(r) for r in data["reasons"]]

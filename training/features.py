@@ -5,9 +5,25 @@ and, averaged over rotations, identify augmented copies of the same cell.
 """
 from __future__ import annotations
 
+import hashlib
 import sys
+from pathlib import Path
 
 import numpy as np
+
+
+def features_cache_file(crops_file: Path, weights: str | None, rows: int) -> Path:
+    """Cache file for the backbone features of one crop cache's rows under one backbone's weights.
+
+    Keyed by the crop cache (itself keyed by the image files) and by the weights file's size and
+    time, not by the row count alone: another dataset of the same size never reuses stale features.
+    """
+    tag = Path(str(weights)).name
+    if weights and Path(str(weights)).is_file():
+        stat = Path(str(weights)).stat()
+        tag += "_" + hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:8]
+    key = Path(crops_file).stem.removeprefix("crops_")
+    return Path(crops_file).parent / f"features_{key}_{tag}_{rows}.npy"
 
 
 def feature_extractor(model):

@@ -16,7 +16,7 @@ import pandas as pd
 
 from edge_app.ood import ColourGuard
 from edge_app.vision import CropSettings, crop_statistics
-from training.crops import cached_crops
+from training.crops import cached_crops, crop_cache_file
 from training.data import class_counts, read_dataset
 from training.groups import grouped_stratified_split, recover_groups
 
@@ -102,7 +102,7 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
     import tensorflow as tf
 
     from training import evaluate, head, finetune
-    from training.features import feature_extractor, rotated_features
+    from training.features import feature_extractor, features_cache_file, rotated_features
     from training.model import build_model, with_rotation_views
 
     started = time.time()
@@ -122,7 +122,8 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
 
     model = build_model(len(labels_sorted), config.input_size, config.weights, config.dropout)
     fit_rows = np.flatnonzero(usable & (frame["split"] != "test").to_numpy())
-    feats_file = cache_dir / f"features_{config.input_size}_{Path(str(config.weights)).name}.npy"
+    feats_file = features_cache_file(crop_cache_file(list(frame["filepath"]), settings, cache_dir), config.weights,
+                                     len(fit_rows))
     feats = np.load(feats_file) if feats_file.exists() else None
     if feats is None or feats.shape[1] != len(fit_rows):
         feats = rotated_features(feature_extractor(model), crops[fit_rows], label="backbone features")
