@@ -32,6 +32,7 @@ from edge_app.vision import Box
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE = 0, 1, 2
 PROGRESS_EVERY_S = 10.0
+SIGNAL_SET_WAIT_S = 0.5  # how long a signal handler waits for the stop event to be set before returning
 
 
 def _positive_int(text: str) -> int:
@@ -121,12 +122,20 @@ class Stopper:
         self.signum: int | None = None
 
     def _handle(self, signum: int, _frame: object) -> None:
-        if self.event.is_set():
+        if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
-        self.event.set()
+        self._set_event()
         print(f"\nhemato run: {signal.Signals(signum).name} received, finishing the current frame "
               "(again to stop at once)", file=sys.stderr)
+
+    def _set_event(self) -> None:
+        """Set the event without risking a deadlock: the signal may have interrupted this very thread inside
+        Event.wait while it holds the event's (non-reentrant) lock, so a direct set() would wait forever.
+        A helper thread sets it; waiting briefly for it keeps the usual case synchronous."""
+        setter = threading.Thread(target=self.event.set, name="hemato-stop", daemon=True)
+        setter.start()
+        setter.join(SIGNAL_SET_WAIT_S)
 
     @contextmanager
     def installed(self) -> Iterator["Stopper"]:

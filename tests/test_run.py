@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 
 import cv2
 import numpy as np
@@ -16,10 +17,13 @@ from conftest import LABELS, SHARED_DATA, make_smear, requires_real_data
 from edge_app.model import Classifier
 from edge_app.model_path import DEFAULT_MODEL_NAME
 from edge_app.results import csv_columns
+from edge_app.run import Stopper
 from edge_app.sources import open_source
 from edge_app.vision import stain_mask
 from hemato.cli import main as hemato
 from test_sources import FakeCamera, FakeCapture
+
+HANDLER_GUARD_S = 5  # only so that a deadlocked handler fails the test instead of hanging it
 
 
 def read_csv(path):
@@ -198,6 +202,21 @@ def test_signal_ends_the_run_with_results_and_summary(tmp_path, tiny_tflite, mon
     captured = capsys.readouterr()
     assert "Images read: 3" in captured.out and "received" in captured.out
     assert {s: signal.getsignal(s) for s in before} == before  # handlers restored
+
+
+def test_a_signal_landing_inside_the_stop_events_wait_does_not_deadlock():
+    """The handler runs on the thread it interrupts: if that thread is inside Event.wait it holds the event's
+    lock (the watch loop's poll), and a plain event.set() in the handler would wait for itself forever."""
+    stopper = Stopper()
+    handled = threading.Event()
+    handler = threading.Thread(target=lambda: (stopper._handle(signal.SIGTERM, None), handled.set()), daemon=True)
+    with stopper.event._cond:  # what Event.wait holds between waking up and returning (CPython's Event)
+        handler.start()
+        handler_returned = handled.wait(HANDLER_GUARD_S)
+    assert handler_returned, "the signal handler blocked on the stop event's lock"
+    assert stopper.event.wait(HANDLER_GUARD_S) and stopper.signum == signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt):  # a second signal stops at once
+        stopper._handle(signal.SIGTERM, None)
 
 
 def test_show_without_gui_says_so_once_and_goes_on(tmp_path, tiny_tflite, monkeypatch, capsys):
