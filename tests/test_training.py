@@ -88,10 +88,10 @@ def test_grouped_split_keeps_each_group_on_one_side_and_stratifies():
         assert 0.1 <= is_val[labels == label].mean() <= 0.3
 
 
-def _train(data: Path, out: Path, monkeypatch=None) -> dict:
+def _train(data: Path, out: Path, **options) -> dict:
     from training.train import TrainConfig, run_training
     config = TrainConfig(input_size=32, weights="none", head_epochs=2, finetune_epochs=1,
-                         finetune_from="block_16_expand", batch_size=8, seed=3)
+                         finetune_from="block_16_expand", batch_size=8, seed=3, **options)
     return run_training(data, out, config)
 
 
@@ -99,7 +99,7 @@ def test_tiny_end_to_end_outputs_exist_and_load(tmp_path):
     import keras
     data = write_dataset(tmp_path / "data")
     out = tmp_path / "run"
-    report = _train(data, out)
+    report = _train(data, out, crop_scale=1.6, min_crop_frac=0.35)
     for name in ("model.keras", "metadata.json", "history.csv", "report.json", "confusion_test.png",
                  "reliability.png", "risk_coverage.png", "splits.csv"):
         assert (out / name).is_file(), name
@@ -107,11 +107,12 @@ def test_tiny_end_to_end_outputs_exist_and_load(tmp_path):
     assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 2)
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["labels"] == sorted(CLASS_COLOURS) and meta["input_size"] == 32 and meta["output"] == "logits"
+    assert (meta["crop"]["crop_scale"], meta["crop"]["min_crop_frac"]) == (1.6, 0.35)  # the device crops alike
     saved = json.loads((out / "report.json").read_text())
     assert set(saved["splits"]) == {"val", "test"} and saved["splits"]["test"]["n"] == 6
     assert {"accuracy", "macro_f1", "per_class", "confusion"} <= set(report["splits"]["test"])
     # Restartable: a second run in the same folder resumes from its checkpoints.
-    again = _train(data, out)
+    again = _train(data, out, crop_scale=1.6, min_crop_frac=0.35)
     assert again["calibration"] == report["calibration"]
 
 
@@ -159,3 +160,20 @@ def test_feature_cache_is_keyed_by_images_and_weights_not_only_by_size(tmp_path)
     assert first != features_cache_file(crops_b, str(weights), len(b))
     weights.write_bytes(b"other weights")
     assert first != features_cache_file(crops_a, str(weights), len(a))
+
+
+def test_train_cli_passes_the_crop_settings(tmp_path, monkeypatch):
+    import training.train as train
+    from hemato.cli import main as hemato
+    seen = {}
+
+    def fake_run_training(source, out, config, cache):
+        seen["config"] = config
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(train, "run_training", fake_run_training)
+    status = hemato(["train", str(tmp_path), "--crop-scale", "1.4", "--min-crop-frac", "0.3"])
+    assert status == 2
+    assert (seen["config"].crop_scale, seen["config"].min_crop_frac) == (1.4, 0.3)
+    settings = train.crop_settings(seen["config"])
+    assert (settings.crop_scale, settings.min_crop_frac, settings.input_size) == (1.4, 0.3, 224)

@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=DEFAULTS.patience, help="early-stopping patience (epochs)")
     parser.add_argument("--views", type=int, choices=(1, 2, 4), default=DEFAULTS.views,
                         help="rotations averaged inside the deployed model (4: orientation-free, 4x compute)")
+    parser.add_argument("--crop-scale", type=float, default=DEFAULTS.crop_scale,
+                        help="crop side as a multiple of the stained nucleus's extent (default %(default)s)")
+    parser.add_argument("--min-crop-frac", type=float, default=DEFAULTS.min_crop_frac,
+                        help="least crop side as a fraction of the frame's short side (default %(default)s)")
     parser.add_argument("--group-size", type=int, default=DEFAULTS.group_size,
                         help="images per recovered look-alike group when the data has no group column")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
@@ -45,7 +49,8 @@ def main(args: argparse.Namespace) -> int:
                          head_epochs=args.head_epochs, finetune_epochs=args.finetune_epochs,
                          finetune_from=args.finetune_from, finetune_lr=args.finetune_lr, dropout=args.dropout,
                          val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
-                         group_size=args.group_size, views=args.views)
+                         group_size=args.group_size, views=args.views, crop_scale=args.crop_scale,
+                         min_crop_frac=args.min_crop_frac)
     try:
         report = run_training(args.data, args.out, config, args.cache)
     except (DatasetError, WeightsError, ValueError) as exc:

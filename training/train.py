@@ -39,6 +39,14 @@ class TrainConfig:
     seed: int = 0
     group_size: int = 60
     views: int = 4  # rotations averaged inside the deployed model (training.model.with_rotation_views)
+    crop_scale: float = CropSettings.crop_scale  # the crop's side over the nucleus's extent (stored in the model)
+    min_crop_frac: float = CropSettings.min_crop_frac  # the crop's least side over the frame's short side
+
+
+def crop_settings(config: TrainConfig) -> CropSettings:
+    """The localiser and crop settings this run trains with; the model carries them to the device."""
+    return CropSettings(input_size=config.input_size, crop_scale=config.crop_scale,
+                        min_crop_frac=config.min_crop_frac)
 
 
 def _log(message: str) -> None:
@@ -115,7 +123,7 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
     frame = read_dataset(source)
     _log("images per class and split:\n" + class_counts(frame).to_string())
     labels_sorted = sorted(frame["label"].unique())
-    settings = CropSettings(input_size=config.input_size)
+    settings = crop_settings(config)
     frame, crops = prepare_rows(frame, settings, cache_dir)
     y = frame["label"].map({name: i for i, name in enumerate(labels_sorted)}).to_numpy()
     usable = (frame["reason"] == "").to_numpy()
