@@ -177,3 +177,16 @@ def test_train_cli_passes_the_crop_settings(tmp_path, monkeypatch):
     assert (seen["config"].crop_scale, seen["config"].min_crop_frac) == (1.4, 0.3)
     settings = train.crop_settings(seen["config"])
     assert (settings.crop_scale, settings.min_crop_frac, settings.input_size) == (1.4, 0.3, 224)
+
+
+def test_cached_features_are_the_keras_backbones_features():
+    """The feature cache is computed through TFLite for speed; it must hold what the Keras extractor gives."""
+    from training.features import feature_extractor, rotated_features
+    from training.model import build_model
+    extractor = feature_extractor(build_model(2, input_size=32, weights="none"))
+    crops = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3)).astype(np.uint8)
+    feats = rotated_features(extractor, crops)
+    assert feats.shape == (4, 5, extractor.output_shape[-1])
+    for k in range(4):
+        expected = np.asarray(extractor(np.rot90(crops, k, axes=(1, 2)).astype(np.float32), training=False))
+        np.testing.assert_allclose(feats[k], expected, rtol=1e-4, atol=1e-4)

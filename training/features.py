@@ -33,19 +33,45 @@ def feature_extractor(model):
     return keras.Model(model.inputs, pooled)
 
 
-def rotated_features(extractor, crops: np.ndarray, rotations: int = 4, batch_size: int = 64,
-                     label: str = "features") -> np.ndarray:
+def _tflite_runner(extractor):
+    """A function running one float32 crop batch of one through a TFLite copy of the Keras extractor.
+
+    On a CPU the TFLite interpreter (XNNPACK) runs the frozen backbone many times faster than Keras
+    does (measured here: about 2 ms against 40 ms a crop on 2 cores) with the same features up to
+    float rounding; the features are only cached for the head and the look-alike groups.
+    """
+    import os
+
+    import tensorflow as tf
+
+    from edge_app.model import interpreter_class
+
+    model_bytes = tf.lite.TFLiteConverter.from_keras_model(extractor).convert()
+    interpreter = interpreter_class()[0](model_content=model_bytes, num_threads=os.cpu_count() or 1)
+    size = extractor.input_shape[1:]
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], (1, *size))
+    interpreter.allocate_tensors()
+    input_index = interpreter.get_input_details()[0]["index"]
+    output_index = interpreter.get_output_details()[0]["index"]
+
+    def run(crop: np.ndarray) -> np.ndarray:
+        interpreter.set_tensor(input_index, crop[None].astype(np.float32))
+        interpreter.invoke()
+        return interpreter.get_tensor(output_index)[0]
+
+    return run
+
+
+def rotated_features(extractor, crops: np.ndarray, rotations: int = 4, label: str = "features") -> np.ndarray:
     """Array (rotations, N, D) of pooled features of each crop rotated by k*90 degrees."""
-    out = []
+    run = _tflite_runner(extractor)
+    out = np.zeros((rotations, len(crops), extractor.output_shape[-1]), np.float32)
     total = rotations * len(crops)
-    done = 0
     for k in range(rotations):
-        parts = []
-        for start in range(0, len(crops), batch_size):
-            batch = np.rot90(crops[start:start + batch_size], k, axes=(1, 2)).astype(np.float32)
-            parts.append(np.asarray(extractor(batch, training=False)))
-            done += len(batch)
-            print(f"\r{label}: {done}/{total}", end="", file=sys.stderr, flush=True)
-        out.append(np.concatenate(parts))
+        for i, crop in enumerate(crops):
+            out[k, i] = run(np.rot90(crop, k))
+            done = k * len(crops) + i + 1
+            if done % 500 == 0 or done == total:
+                print(f"\r{label}: {done}/{total}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    return np.stack(out)
+    return out
