@@ -29,9 +29,11 @@ class CropSettings:
     # are many small blobs.
     min_lobe_frac: float = 0.0025
     # The crop is a square of side crop_scale * the nucleus's larger extent ...
-    crop_scale: float = 1.8
-    # ... but never smaller than this fraction of the frame's short side.
-    min_crop_frac: float = 0.4
+    crop_scale: float = 1.2
+    # ... but never smaller than this fraction of the frame's short side. Tight crops were chosen on
+    # grouped validation (a frozen-backbone head: 87.9 % at 1.8 / 0.4, 91.7 % at 1.2 / 0.25): less of the
+    # surrounding smear, less to memorise about each photograph.
+    min_crop_frac: float = 0.25
     # Frames are analysed at most this large on the long side: larger ones are downscaled, so the
     # morphology sees the same picture at any camera resolution (and huge images stay cheap).
     analysis_max_side: int = 320
