@@ -34,11 +34,11 @@ def feature_extractor(model):
 
 
 def _tflite_runner(extractor):
-    """A function running one float32 crop batch of one through a TFLite copy of the Keras extractor.
+    """A function that runs one crop (S x S x 3) through a TFLite copy of the Keras extractor.
 
-    On a CPU the TFLite interpreter (XNNPACK) runs the frozen backbone several times faster than Keras
-    (a full run's 39,720 passes: about 4 min on this 2-core machine, where Keras took about 29 min)
-    with the same features up to float rounding; they only train the head and find look-alike groups.
+    On a CPU the TFLite interpreter (XNNPACK) runs the frozen backbone several times faster than Keras,
+    with the same features up to float rounding: a full run's 39,720 passes took about 4 min on this
+    2-core machine, where earlier runs reported about 29 min for them in Keras.
     """
     import os
 
