@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--io-out", choices=IO_TYPES, default=None,
                         help="int8: output (logits) tensor type (default float32)")
     parser.add_argument("--float-stem", action="store_true",
-                        help="int8: keep the stem (pixel scaling, first bottlenecks) in float; float I/O. "
+                        help="int8: keep the stem (pixel scaling, Conv1, first bottleneck) in float; float I/O. "
                              "Needed by the shipped MobileNetV2: full int8 loses its answer there")
 
 
