@@ -30,7 +30,8 @@ VARIANTS = ("float32", "float16", "dynamic", "int8")
 # bottleneck, at 112 px. Quantising them is where this backbone loses its answer: on validation
 # crops, full int8 agreed with float on 48 % of cells. The stem once also held block_1 and block_2;
 # with the tight-crop model, int8 without them still passes the parity gate on grouped validation
-# (99.21 % agreement, -0.32 pt, against 99.63 %, +0.00 pt) and is about 2.0x float32's speed instead of 1.6x.
+# (99.21 % agreement, -0.32 pt, against 99.63 %, +0.00 pt) and is about 2.0x float32's speed
+# instead of 1.6x.
 FLOAT_STEM_LAYERS = ("scale_to_pm1", "/Conv1", "expanded_conv_")
 # With the float stem, the head's ops stay float too: rounding the pooled features and the logits to
 # int8 (a step of about 0.1 logit) flipped close calls, and these ops cost next to nothing.

@@ -42,14 +42,11 @@ def _tflite_runner(extractor):
     """
     import os
 
-    import tensorflow as tf
-
+    from convert.converter import convert_model
     from edge_app.model import interpreter_class
 
-    model_bytes = tf.lite.TFLiteConverter.from_keras_model(extractor).convert()
+    model_bytes = convert_model(extractor, "float32", extractor.input_shape[1])
     interpreter = interpreter_class()[0](model_content=model_bytes, num_threads=os.cpu_count() or 1)
-    size = extractor.input_shape[1:]
-    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], (1, *size))
     interpreter.allocate_tensors()
     input_index = interpreter.get_input_details()[0]["index"]
     output_index = interpreter.get_output_details()[0]["index"]
