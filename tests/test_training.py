@@ -9,7 +9,9 @@ import pytest
 
 from conftest import make_smear
 from training.data import DatasetError, read_dataset
-from training.groups import grouped_stratified_split, recover_groups
+from edge_app.vision import CropSettings
+from training.groups import grouped_stratified_split
+from training.photographs import recover_photographs
 
 CLASS_COLOURS = {"BLUISH": (200, 70, 90), "PURPLE": (160, 60, 150)}
 
@@ -65,17 +67,47 @@ def test_csv_reader_requires_columns(tmp_path):
         read_dataset(csv)
 
 
-def test_recovered_groups_link_copies_and_never_mix_labels():
+def augmented_copy(photo: np.ndarray, angle: float, mirror: bool, shift: tuple[int, int]) -> np.ndarray:
+    """What the blood-cells TRAIN split holds: a photograph rotated (black corners), maybe mirrored, shifted."""
+    height, width = photo.shape[:2]
+    motion = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
+    motion[:, 2] += shift
+    copy = cv2.warpAffine(photo, motion, (width, height), borderValue=(0, 0, 0))
+    return copy[:, ::-1].copy() if mirror else copy
+
+
+def test_recovered_photographs_join_rotated_mirrored_copies_and_nothing_else(tmp_path):
     rng = np.random.default_rng(0)
-    originals = rng.normal(size=(6, 16))
-    descriptors = np.repeat(originals, 5, axis=0) + rng.normal(scale=0.02, size=(30, 16))
-    labels = np.repeat([0, 0, 0, 1, 1, 1], 5)
-    groups = recover_groups(descriptors, labels, group_size=5)
-    truth = np.repeat(np.arange(6), 5)
-    for original in np.unique(truth):
-        assert len(set(groups[truth == original])) == 1  # copies of a cell stay together
+    paths, labels, truth = [], [], []
+    for photo_id in range(4):
+        photo = make_smear(seed=50 + photo_id, red_cells=30)
+        for k in range(5):
+            copy = augmented_copy(photo, float(rng.uniform(0, 360)), bool(k % 2), tuple(rng.integers(-15, 16, 2)))
+            path = tmp_path / f"{photo_id}_{k}.png"
+            cv2.imwrite(str(path), copy)
+            paths.append(str(path))
+            labels.append(photo_id % 2)  # two photographs per label
+            truth.append(photo_id)
+    groups = recover_photographs(paths, np.array(labels), CropSettings(), progress=False)
+    truth = np.array(truth)
+    for photo_id in range(4):
+        assert len(set(groups[truth == photo_id])) == 1, groups  # every copy of a photograph found
     for g in np.unique(groups):
-        assert len(set(labels[groups == g])) == 1
+        assert len(set(truth[groups == g])) == 1, groups  # and no two photographs joined
+
+
+def test_ring_spectrum_does_not_depend_on_what_lies_outside_the_frame():
+    """Rings that reach past the frame's edge must see the frame's own fill colour, not undefined memory."""
+    from training.photographs import HARMONICS, RING_RADIUS, RINGS, ring_spectrum
+    frame = make_smear(width=160, height=120, seed=3, red_cells=4, cells=[(22, 60, 20)])
+    fill = [float(v) for v in np.median(frame.reshape(-1, 3), axis=0)]
+    pad = RING_RADIUS + 2
+    padded = cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=fill)
+    spectrum = ring_spectrum(frame, CropSettings()).reshape(HARMONICS, RINGS, 3)
+    assert np.isfinite(spectrum).all()
+    # each ring's mean colour (harmonic 0); finer terms move with the noise-stained pixels the box takes in
+    np.testing.assert_allclose(spectrum[0], ring_spectrum(padded, CropSettings()).reshape(HARMONICS, RINGS, 3)[0],
+                               atol=0.05)
 
 
 def test_grouped_split_keeps_each_group_on_one_side_and_stratifies():

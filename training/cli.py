@@ -33,8 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="crop side as a multiple of the stained nucleus's extent (default %(default)s)")
     parser.add_argument("--min-crop-frac", type=float, default=DEFAULTS.min_crop_frac,
                         help="least crop side as a fraction of the frame's short side (default %(default)s)")
-    parser.add_argument("--group-size", type=int, default=DEFAULTS.group_size,
-                        help="images per recovered look-alike group when the data has no group column")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
     parser.add_argument("--cache", type=Path, default=None, help="crop/feature cache folder (default OUT/cache)")
 
@@ -49,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
                          head_epochs=args.head_epochs, finetune_epochs=args.finetune_epochs,
                          finetune_from=args.finetune_from, finetune_lr=args.finetune_lr, dropout=args.dropout,
                          val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
-                         group_size=args.group_size, views=args.views, crop_scale=args.crop_scale,
+                         views=args.views, crop_scale=args.crop_scale,
                          min_crop_frac=args.min_crop_frac)
     try:
         report = run_training(args.data, args.out, config, args.cache)

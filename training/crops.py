@@ -21,7 +21,8 @@ def crop_image_file(path: str, settings: CropSettings) -> tuple[np.ndarray | Non
     return (crop, "") if crop is not None else (None, "no stained cell found")
 
 
-def _cache_key(paths: list[str], settings: CropSettings) -> str:
+def cache_key(paths: list[str], settings: CropSettings) -> str:
+    """A short hash of these exact files (paths and modification times) and settings, naming cache files."""
     digest = hashlib.sha256(json.dumps([paths, settings.to_dict()]).encode())
     for p in paths:
         digest.update(str(Path(p).stat().st_mtime_ns).encode())
@@ -30,7 +31,7 @@ def _cache_key(paths: list[str], settings: CropSettings) -> str:
 
 def crop_cache_file(paths: list[str], settings: CropSettings, cache_dir: Path) -> Path:
     """Where the crops of these exact files (paths and modification times) under these settings are cached."""
-    return Path(cache_dir) / f"crops_{settings.input_size}_{_cache_key(paths, settings)}.npz"
+    return Path(cache_dir) / f"crops_{settings.input_size}_{cache_key(paths, settings)}.npz"
 
 
 def cached_crops(paths: list[str], settings: CropSettings, cache_dir: Path,

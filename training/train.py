@@ -16,9 +16,10 @@ import pandas as pd
 
 from edge_app.ood import ColourGuard
 from edge_app.vision import CropSettings, crop_statistics
-from training.crops import cached_crops, crop_cache_file
+from training.crops import cache_key, cached_crops, crop_cache_file
 from training.data import class_counts, read_dataset
-from training.groups import grouped_stratified_split, recover_groups
+from training.groups import grouped_stratified_split
+from training.photographs import recover_photographs
 
 
 @dataclass
@@ -37,7 +38,6 @@ class TrainConfig:
     val_fraction: float = 0.2
     patience: int = 2
     seed: int = 0
-    group_size: int = 60
     views: int = 4  # rotations averaged inside the deployed model (training.model.with_rotation_views)
     crop_scale: float = CropSettings.crop_scale  # the crop's side over the nucleus's extent (stored in the model)
     min_crop_frac: float = CropSettings.min_crop_frac  # the crop's least side over the frame's short side
@@ -72,8 +72,19 @@ def prepare_rows(frame: pd.DataFrame, settings: CropSettings, cache_dir: Path) -
     return frame, crops
 
 
-def assign_validation(frame: pd.DataFrame, labels: np.ndarray, descriptors: np.ndarray | None,
-                      config: TrainConfig) -> pd.DataFrame:
+def photograph_groups(paths: list[str], labels: np.ndarray, settings: CropSettings, cache_dir: Path) -> np.ndarray:
+    """Which images are copies of one photograph (training.photographs), cached: matching takes minutes."""
+    cache = Path(cache_dir) / f"photographs_{cache_key(paths, settings)}.npy"
+    if cache.exists():
+        groups = np.load(cache)
+        if len(groups) == len(paths):
+            return groups
+    groups = recover_photographs(paths, labels, settings)
+    np.save(cache, groups)
+    return groups
+
+
+def assign_validation(frame: pd.DataFrame, labels: np.ndarray, config: TrainConfig, cache_dir: Path) -> pd.DataFrame:
     """Mark validation rows: the given 'val' split, else a grouped stratified split of 'train'."""
     frame = frame.copy()
     if (frame["split"] == "val").any():
@@ -83,11 +94,12 @@ def assign_validation(frame: pd.DataFrame, labels: np.ndarray, descriptors: np.n
         groups = pd.factorize(frame["group"].fillna(frame["filepath"]))[0][train_idx]
         _log(f"validation split grouped by the given 'group' column ({len(np.unique(groups))} groups)")
     else:
-        groups = recover_groups(descriptors[train_idx], labels[train_idx], config.group_size, config.seed)
-        frame.loc[frame.index[train_idx], "group"] = [f"auto{g}" for g in groups]
+        groups = photograph_groups(list(frame["filepath"].iloc[train_idx]), labels[train_idx], crop_settings(config),
+                                   cache_dir)
+        frame.loc[frame.index[train_idx], "group"] = [f"photo{g}" for g in groups]
         sizes = np.bincount(groups)
-        _log(f"clustered training images into {len(sizes)} look-alike groups "
-             f"(median size {int(np.median(sizes))}, largest {sizes.max()})")
+        _log(f"found {len(sizes)} photographs among the training images (copies per photograph: median "
+             f"{int(np.median(sizes))}, most {sizes.max()}; {int((sizes == 1).sum())} images matched none)")
     is_val = grouped_stratified_split(labels[train_idx], groups, config.val_fraction, config.seed)
     frame.loc[frame.index[train_idx[is_val]], "split"] = "val"
     return frame
@@ -136,9 +148,7 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
     if feats is None or feats.shape[1] != len(fit_rows):
         feats = rotated_features(feature_extractor(model), crops[fit_rows], label="backbone features")
         np.save(feats_file, feats)
-    descriptors = np.zeros((len(frame), feats.shape[-1]), np.float32)
-    descriptors[fit_rows] = feats.mean(axis=0)
-    frame = assign_validation(frame, y, descriptors, config)
+    frame = assign_validation(frame, y, config, cache_dir)
     split = frame["split"].to_numpy()
     train_rows = np.flatnonzero(usable & (split == "train"))
     val_rows = np.flatnonzero(usable & (split == "val"))
