@@ -222,3 +222,38 @@ def test_cached_features_are_the_keras_backbones_features():
     for k in range(4):
         expected = np.asarray(extractor(np.rot90(crops, k, axes=(1, 2)).astype(np.float32), training=False))
         np.testing.assert_allclose(feats[k], expected, rtol=1e-4, atol=1e-4)
+
+
+def _probs(confidence: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Two-class probabilities with the given top confidence on the predicted class."""
+    probs = np.empty((len(confidence), 2))
+    probs[np.arange(len(confidence)), predicted] = confidence
+    probs[np.arange(len(confidence)), 1 - predicted] = 1 - confidence
+    return probs
+
+
+def test_threshold_reaches_the_target_on_validation_and_answers_everything_when_all_is_right():
+    from training.calibration import choose_threshold, coverage_at
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.5, 1.0, 400)
+    y = np.zeros(400, int)
+    wrong = rng.uniform(size=400) > confidence  # errors where confidence is low
+    probs = _probs(confidence, wrong.astype(int))
+    threshold = choose_threshold(probs, y, 0.98)
+    coverage, accuracy = coverage_at(probs, y, threshold)
+    assert accuracy >= 0.98 and 0 < coverage < 1
+    assert choose_threshold(_probs(confidence, np.zeros(400, int)), y, 0.98) == confidence.min()
+
+
+def test_threshold_is_stricter_when_errors_come_in_whole_photographs():
+    """Ten copies of each photograph: resampling photographs sees the errors' clustering, images alone do not."""
+    from training.calibration import choose_threshold
+    photo_confidence = np.linspace(0.5, 1.0, 100)
+    photo_wrong = np.arange(100) == 20  # one photograph of 100 wrong, at confidence 0.6: 99 % right overall
+    confidence = np.repeat(photo_confidence, 10) + np.tile(np.linspace(-0.002, 0.002, 10), 100)
+    probs = _probs(np.clip(confidence, 0.5, 1.0), np.repeat(photo_wrong, 10).astype(int))
+    y = np.zeros(1000, int)
+    by_image = choose_threshold(probs, y, 0.98)
+    by_photograph = choose_threshold(probs, y, 0.98, groups=np.repeat(np.arange(100), 10))
+    assert by_image == probs.max(axis=1).min()  # 10 errors in 1,000 independent images: answer everything
+    assert by_photograph > 0.6  # one bad photograph in 100 could as well be two: stop above it

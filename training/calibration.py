@@ -56,15 +56,37 @@ def risk_coverage(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndar
     return confidence[order], answered / len(y), np.cumsum(correct[order]) / answered
 
 
-def choose_threshold(probs: np.ndarray, y: np.ndarray, target_accuracy: float = 0.98) -> float:
-    """Lowest confidence threshold whose answered cells reach target_accuracy (on validation)."""
-    thresholds, _, accuracy = risk_coverage(probs, y)
-    ok = np.flatnonzero(accuracy >= target_accuracy)
-    if len(ok) == 0:
+def choose_threshold(probs: np.ndarray, y: np.ndarray, target_accuracy: float = 0.98,
+                     groups: np.ndarray | None = None, level: float = 0.9, resamples: int = 1000,
+                     seed: int = 0) -> float:
+    """Lowest confidence threshold whose answered cells reach target_accuracy in `level` of bootstrap resamples.
+
+    Validation holds few independent cells (copies of one photograph are not independent), so the
+    threshold where validation just touches the target is as likely as not to miss it on new cells.
+    Resampling whole groups (photographs; each image alone when none are given) asks for the target
+    at a lower confidence bound instead. Every higher threshold must meet it too.
+    """
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y).astype(float)
+    group_index = np.unique(np.arange(len(y)) if groups is None else np.asarray(groups), return_inverse=True)[1]
+    thresholds = np.unique(confidence)
+    position = np.searchsorted(thresholds, confidence)
+    answered = np.zeros((group_index.max() + 1, len(thresholds)))
+    right = np.zeros_like(answered)
+    np.add.at(answered, (group_index, position), 1.0)
+    np.add.at(right, (group_index, position), correct)
+    # a cell is answered at every threshold up to its own confidence: cumulative sums from the top
+    answered = np.cumsum(answered[:, ::-1], axis=1)[:, ::-1]
+    right = np.cumsum(right[:, ::-1], axis=1)[:, ::-1]
+    n_groups = len(answered)
+    weights = np.random.default_rng(seed).multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=resamples)
+    resampled_answered = weights @ answered
+    accuracy = np.where(resampled_answered > 0, (weights @ right) / np.maximum(resampled_answered, 1), 1.0)
+    meets = np.quantile(accuracy, 1.0 - level, axis=0) >= target_accuracy
+    if not meets[-1]:
         return 1.0
-    # The largest answered set still at target accuracy, and every smaller set from there on.
-    last_good = ok[-1]
-    return float(thresholds[last_good])
+    failing = np.flatnonzero(~meets)
+    return float(thresholds[failing[-1] + 1] if len(failing) else thresholds[0])
 
 
 def coverage_at(probs: np.ndarray, y: np.ndarray, threshold: float) -> tuple[float, float | None]:
