@@ -110,6 +110,13 @@ def test_ring_spectrum_does_not_depend_on_what_lies_outside_the_frame():
                                atol=0.05)
 
 
+def test_ring_spectrum_is_the_same_for_any_crop_so_runs_share_a_split():
+    from training.photographs import ring_spectrum
+    frame = make_smear(seed=4, cells=[(150, 110, 24)])
+    tight = ring_spectrum(frame, CropSettings(crop_scale=1.0, min_crop_frac=0.2))
+    np.testing.assert_array_equal(tight, ring_spectrum(frame, CropSettings(crop_scale=2.4, min_crop_frac=0.5)))
+
+
 def test_grouped_split_keeps_each_group_on_one_side_and_stratifies():
     labels = np.repeat([0, 1], 50)
     groups = np.repeat(np.arange(20), 5)

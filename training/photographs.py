@@ -9,6 +9,7 @@ fit of SIFT keypoints confirms them; confirmed pairs are joined into groups.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from typing import Callable
 
 import cv2
@@ -28,13 +29,20 @@ KEYPOINTS = 400
 Keypoints = list[tuple[np.ndarray, np.ndarray | None]]
 
 
+def localisation_only(settings: CropSettings) -> CropSettings:
+    """The settings with the crop's size fixed: groups depend on where the cell is, not on how it is cropped,
+    so runs with different crops share one validation split."""
+    return replace(settings, input_size=CropSettings.input_size, crop_scale=1.0, min_crop_frac=0.0)
+
+
 def ring_spectrum(bgr: np.ndarray, settings: CropSettings) -> np.ndarray | None:
     """Colour on rings around the located cell, as |FFT| over the angle: rotation and mirroring leave it alone.
 
     The centre is the stain centroid of the largest located cell, a point that moves with the cell.
     Black corners left by rotating a copy are filled with the image's median colour first.
     """
-    boxes = locate_cells(bgr, settings)
+    settings = localisation_only(settings)
+    boxes = locate_cells(bgr, settings)  # the box is now the stained nucleus's own extent
     if not boxes:
         return None
     box = boxes[0]

@@ -19,7 +19,7 @@ from edge_app.vision import CropSettings, crop_statistics
 from training.crops import cache_key, cached_crops, crop_cache_file
 from training.data import class_counts, read_dataset
 from training.groups import grouped_stratified_split
-from training.photographs import recover_photographs
+from training.photographs import localisation_only, recover_photographs
 
 
 @dataclass
@@ -74,7 +74,7 @@ def prepare_rows(frame: pd.DataFrame, settings: CropSettings, cache_dir: Path) -
 
 def photograph_groups(paths: list[str], labels: np.ndarray, settings: CropSettings, cache_dir: Path) -> np.ndarray:
     """Which images are copies of one photograph (training.photographs), cached: matching takes minutes."""
-    cache = Path(cache_dir) / f"photographs_{cache_key(paths, settings)}.npy"
+    cache = Path(cache_dir) / f"photographs_{cache_key(paths, localisation_only(settings))}.npy"
     if cache.exists():
         groups = np.load(cache)
         if len(groups) == len(paths):
