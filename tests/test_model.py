@@ -154,7 +154,9 @@ def colour_model(tmp: Path) -> Path:
     outputs = dense(pooled)
     dense.set_weights([np.array([[1, 0], [0, 0], [0, 1]], np.float32) / 25.5, np.zeros(2, np.float32)])
     data = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, outputs)).convert()
-    return save(tmp, "colour", data, tiny_metadata(["REDDISH", "BLUISH"], SIZE))
+    metadata = tiny_metadata(["REDDISH", "BLUISH"], SIZE)
+    metadata["crop"]["crop_scale"] = 2.0  # the answer comes from the background around the nucleus
+    return save(tmp, "colour", data, metadata)
 
 
 def coloured_smear(background_bgr, nucleus_bgr) -> np.ndarray:

@@ -6,10 +6,15 @@ from edge_app.vision import Box, CropSettings, crop_for_model, locate_cells
 
 
 def test_one_cell_box_contains_nucleus():
-    boxes = locate_cells(make_smear(cells=[(100, 120, 28)]), CropSettings())
+    boxes = locate_cells(make_smear(cells=[(100, 120, 28)]), CropSettings(crop_scale=1.2))
     assert len(boxes) == 1
     b = boxes[0]
     assert b.x0 < 100 - 28 and b.x1 > 100 + 28 and b.y0 < 120 - 28 and b.y1 > 120 + 28
+
+
+def test_default_box_is_the_nucleus_own_extent():
+    b = locate_cells(make_smear(cells=[(100, 120, 28)]), CropSettings())[0]  # crop_scale 1.0
+    assert abs(b.x0 - (100 - 28)) <= 2 and abs(b.x1 - (100 + 29)) <= 2 and abs(b.width - 57) <= 3
 
 
 def test_no_cell_gives_no_box():

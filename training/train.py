@@ -32,7 +32,7 @@ class TrainConfig:
     head_epochs: int = 30
     head_lr: float = 1e-3
     finetune_epochs: int = 8
-    finetune_lr: float = 3e-5
+    finetune_lr: float = 1e-5  # 3e-5 overfits after one epoch (validation 81.9 % against 83.4 %)
     finetune_from: str = "block_13_expand"
     dropout: float = 0.3
     val_fraction: float = 0.2
