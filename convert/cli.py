@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--float-stem", action="store_true",
                         help="int8: keep the stem (pixel scaling, Conv1, first bottleneck) in float; float I/O. "
                              "Needed by the shipped MobileNetV2: full int8 loses its answer there")
+    parser.add_argument("--float-blocks", type=int, default=0,
+                        help="int8 with --float-stem: also keep the first N bottleneck blocks after the stem in "
+                             "float (closer to float32, slower; default 0)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
                               "and dynamic (bias correction)")
     if args.quant != "int8" and (args.io or args.io_out or args.float_stem):
         raise ConversionError("--io, --io-out and --float-stem apply only to --quant int8")
+    if args.float_blocks and not args.float_stem:
+        raise ConversionError("--float-blocks applies only with --float-stem")
     if args.float_stem and (args.io or args.io_out):
         raise ConversionError("--float-stem gives float input and output: drop --io/--io-out")
     meta = read_run_metadata(args.run)  # fail on a bad run folder before any slow step
@@ -50,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         calibration = build_calibration_set(args.calib, crop_settings(meta), args.calib_count, args.seed)
     print(f"converting {args.run} to {args.quant} ...", file=sys.stderr, flush=True)
     written = convert_run(args.run, args.quant, out, calibration, args.io or "uint8", args.io_out or "float32",
-                          args.float_stem)
+                          args.float_stem, args.float_blocks)
     from edge_app.model import Classifier
     classifier = Classifier(out, threads=1)  # proves the device runtime can load it
     print(f"wrote {out}: {args.quant}, {os.path.getsize(out) / 1e6:.2f} MB, "

@@ -115,20 +115,28 @@ def _batch_one(model, input_size: int):
     return keras.Model(inputs, model(inputs), name="hemato_edge")
 
 
-def _stem_tensor_names(tflite_bytes: bytes) -> list[str]:
+def float_stem_layers(float_blocks: int = 0) -> tuple[str, ...]:
+    """FLOAT_STEM_LAYERS and the first `float_blocks` bottleneck blocks after it (block_1, block_2, ...)."""
+    if float_blocks < 0:
+        raise ConversionError("--float-blocks must be 0 or more")
+    return FLOAT_STEM_LAYERS + tuple(f"/block_{i}_" for i in range(1, float_blocks + 1))
+
+
+def _stem_tensor_names(tflite_bytes: bytes, layers: tuple[str, ...]) -> list[str]:
     """Output tensors of the stem's ops in a quantised model, named as the quantisation debugger wants."""
     import tensorflow as tf
     interpreter = tf.lite.Interpreter(model_content=tflite_bytes)
     names = [t["name"] for t in interpreter.get_tensor_details()]
-    return [n for n in names if any(key in n.split(";")[0] for key in FLOAT_STEM_LAYERS)]
+    return [n for n in names if any(key in n.split(";")[0] for key in layers)]
 
 
-def _int8_with_float_stem(converter, calibration: CalibrationSet) -> bytes:
+def _int8_with_float_stem(converter, calibration: CalibrationSet, layers: tuple[str, ...]) -> bytes:
     """Full-integer model except the stem's ops and FLOAT_HEAD_OPS, which stay float (float32 I/O)."""
     import tensorflow as tf
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.representative_dataset = lambda: itertools.islice(calibration.batches(), 2)
-    stem = _stem_tensor_names(bytes(converter.convert()))  # a full-int8 model only to name the stem's tensors
+    # a full-int8 model only to name the stem's tensors
+    stem = _stem_tensor_names(bytes(converter.convert()), layers)
     converter.representative_dataset = calibration.batches
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=stem,
@@ -139,10 +147,11 @@ def _int8_with_float_stem(converter, calibration: CalibrationSet) -> bytes:
 
 
 def convert_model(model, variant: str, input_size: int, calibration: CalibrationSet | None = None,
-                  io_input: str = "uint8", io_output: str = "float32", float_stem: bool = False) -> bytes:
+                  io_input: str = "uint8", io_output: str = "float32", float_stem: bool = False,
+                  float_blocks: int = 0) -> bytes:
     """TFLite flatbuffer of a Keras model for one variant (int8 needs the calibration set).
 
-    float_stem (int8 only) keeps FLOAT_STEM_LAYERS in float; the model then has float I/O.
+    float_stem (int8 only) keeps float_stem_layers(float_blocks) in float; the model then has float I/O.
     """
     import tensorflow as tf
     if variant not in VARIANTS:
@@ -161,7 +170,7 @@ def convert_model(model, variant: str, input_size: int, calibration: Calibration
         converter.representative_dataset = calibration.batches
         if float_stem:
             with contextlib.redirect_stdout(StringIO()):
-                return _int8_with_float_stem(converter, calibration)
+                return _int8_with_float_stem(converter, calibration, float_stem_layers(float_blocks))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = getattr(tf, io_input)
         converter.inference_output_type = getattr(tf, io_output)
@@ -186,32 +195,36 @@ def io_types(variant: str, io_input: str, io_output: str) -> dict[str, str]:
         {"input": "float32", "output": "float32"}
 
 
-def stays_float(layer_name: str) -> bool:
-    """Whether a Keras layer of the backbone is one of FLOAT_STEM_LAYERS (kept float by --float-stem)."""
-    return any(layer_name.startswith(key.lstrip("/")) for key in FLOAT_STEM_LAYERS)
+def stays_float(layer_name: str, layers: tuple[str, ...] = FLOAT_STEM_LAYERS) -> bool:
+    """Whether a Keras layer of the backbone is one of `layers` (kept float by --float-stem)."""
+    return any(layer_name.startswith(key.lstrip("/")) for key in layers)
 
 
 def convert_run(run_dir: Path, variant: str, out: Path, calibration: CalibrationSet | None = None,
-                io_input: str = "uint8", io_output: str = "float32", float_stem: bool = False) -> dict[str, Any]:
+                io_input: str = "uint8", io_output: str = "float32", float_stem: bool = False,
+                float_blocks: int = 0) -> dict[str, Any]:
     """Convert a run folder to `out` and return the metadata written into the file."""
     run_dir, out = Path(run_dir), Path(out)
     meta = read_run_metadata(run_dir)
     model = load_keras(run_dir, meta)
     float_stem = float_stem and variant == "int8"
+    layers = float_stem_layers(float_blocks)
     corrected = 0
     if variant in ("int8", "dynamic") and calibration is not None:
         corrected = correct_for_int8(model, np.stack(calibration.crops),
-                                     keep_float=stays_float if float_stem else lambda name: False)
+                                     keep_float=(lambda name: stays_float(name, layers)) if float_stem
+                                     else lambda name: False)
     folded = fold_input_scaling(model) if variant == "int8" and not float_stem else None
     if folded is not None:
         model = folded
     model = with_rotation_views(model, int(meta.get("views", 1)))
-    data = convert_model(model, variant, meta["input_size"], calibration, io_input, io_output, float_stem)
+    data = convert_model(model, variant, meta["input_size"], calibration, io_input, io_output, float_stem,
+                         float_blocks)
     io = {"input": "float32", "output": "float32"} if float_stem else io_types(variant, io_input, io_output)
     written = tflite_metadata(meta, variant, io, file_sha256(run_dir / "model.keras"),
                               calibration if variant == "int8" else None)
     if float_stem:
-        written["float_layers"] = list(FLOAT_STEM_LAYERS)
+        written["float_layers"] = list(layers)
         written["float_ops"] = list(FLOAT_HEAD_OPS)
     if corrected:
         written["bias_corrected_layers"] = corrected

@@ -55,3 +55,11 @@ def test_float_stem_keeps_the_stem_and_the_head_float(run_folder, tmp_path_facto
     assert head and set(head) == {"float32"}
     assert sum(1 for name, dtype in ops if name == "CONV_2D" and dtype == "int8") > 10
     assert ops[0][1] == "float32"  # the stem's first ops run in float
+
+
+def test_float_blocks_keep_more_of_the_backbone_float(run_folder, tmp_path_factory):
+    _, stem_only = convert(run_folder, tmp_path_factory, "--float-stem")
+    meta, ops = convert(run_folder, tmp_path_factory, "--float-stem", "--float-blocks", "2")
+    assert meta["float_layers"][-2:] == ["/block_1_", "/block_2_"]
+    float_convs = lambda found: sum(1 for name, dtype in found if name == "CONV_2D" and dtype == "float32")  # noqa: E731
+    assert float_convs(ops) == float_convs(stem_only) + 4  # expand and project of block_1 and block_2
