@@ -94,7 +94,8 @@ def finetune(model, crops: np.ndarray, y: np.ndarray, train_rows: np.ndarray, va
     ]
     print(f"fine-tune: from {config.finetune_from}, lr {config.finetune_lr}, up to {config.finetune_epochs} epochs",
           file=sys.stderr)
+    # the dataset shuffles itself (make_dataset); Keras's own shuffle does not apply to tf.data and only warns
     model.fit(train_ds, validation_data=val_ds, epochs=config.finetune_epochs, class_weight=class_weight,
-              callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 0)
+              callbacks=callbacks, shuffle=False, verbose=1 if sys.stderr.isatty() else 0)
     model.load_weights(best)
     done.touch()
