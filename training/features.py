@@ -1,7 +1,7 @@
 """Backbone features of cached crops under the four 90-degree rotations, computed once.
 
-They train the head quickly on CPU (the frozen backbone would otherwise run every epoch)
-and, averaged over rotations, identify augmented copies of the same cell.
+They train the head quickly on CPU (the frozen backbone would otherwise run every epoch).
+Copies of one photograph are found by training.photographs, not from these features.
 """
 from __future__ import annotations
 
