@@ -127,3 +127,36 @@ def test_report_gives_calibration_before_and_after_the_stored_temperature(setup,
     assert scaled["ece_before"] == pytest.approx(plain["ece_before"])  # same logits, same raw ECE
     assert scaled["ece_after"] != pytest.approx(scaled["ece_before"])  # a hotter softmax changes it
     assert 0 <= scaled["coverage"] < plain["coverage"] <= 1  # softer probabilities clear 0.9 less often
+
+
+def _comparison(agreement: float, answered: float | None, floor: float | None, drop: float = 0.0) -> dict:
+    return {"agreement": agreement, "agreement_answered": answered, "mirror_agreement": floor,
+            "accuracy_drop_pp": drop}
+
+
+@pytest.mark.parametrize("comparison, reason", [
+    (_comparison(0.97, 0.985, 0.95), "answered cells"),   # flips a cell the reference is sure of
+    (_comparison(0.94, 1.0, 0.95), "mirrored crops"),     # changes more than mirroring the cell does
+    (_comparison(0.99, 1.0, 0.95, drop=0.6), "accuracy drop"),
+])
+def test_gate_fails_on_each_criterion(comparison, reason):
+    from convert.verify import apply_gate
+    apply_gate(comparison, max_drop_pp=0.5, min_agreement_pct=99.0)
+    assert not comparison["passed"] and len(comparison["failures"]) == 1 and reason in comparison["failures"][0]
+
+
+def test_gate_passes_near_tie_flips_within_the_mirror_floor():
+    """A calibrated model's int8 copy may flip close calls, as a mirrored crop does, if sure answers hold."""
+    from convert.verify import apply_gate
+    comparison = _comparison(0.965, 1.0, 0.955)
+    apply_gate(comparison, max_drop_pp=0.5, min_agreement_pct=99.0)
+    assert comparison["passed"] and comparison["failures"] == []
+
+
+def test_report_gives_answered_agreement_and_mirror_floor(setup, tmp_path):
+    report_path = tmp_path / "verify.json"
+    hemato(["verify", str(setup["float32"]), str(setup["int8"]), "--data", str(setup["test"]),
+            "--json", str(report_path), "--threads", "1"])
+    comparison = json.loads(report_path.read_text())["comparisons"][0]
+    assert 0 < comparison["reference_answered"] <= comparison["compared"]
+    assert 0.0 <= comparison["agreement_answered"] <= 1.0 and 0.0 <= comparison["mirror_agreement"] <= 1.0
