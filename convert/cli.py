@@ -8,6 +8,7 @@ from pathlib import Path
 
 from convert.calibration import CalibrationError, build_calibration_set
 from convert.converter import IO_TYPES, VARIANTS, ConversionError, convert_run, crop_settings, read_run_metadata
+from convert.recalibrate import RecalibrationError
 from edge_app.metadata import ModelFileError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is imported later; keep its INFO lines out
@@ -30,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--float-stem", action="store_true",
                         help="int8: keep the stem (pixel scaling, Conv1, first bottleneck) in float; float I/O. "
                              "Needed by the shipped MobileNetV2: full int8 loses its answer there")
+    parser.add_argument("--keep-calibration", action="store_true",
+                        help="keep the run's temperature and threshold instead of refitting them on this file's "
+                             "own outputs for the run's validation split (the default when splits.csv has one)")
     parser.add_argument("--float-blocks", type=int, default=0,
                         help="int8 with --float-stem: also keep the first N bottleneck blocks after the stem in "
                              "float (closer to float32, slower; default 0)")
@@ -55,12 +59,18 @@ def run(args: argparse.Namespace) -> int:
         calibration = build_calibration_set(args.calib, crop_settings(meta), args.calib_count, args.seed)
     print(f"converting {args.run} to {args.quant} ...", file=sys.stderr, flush=True)
     written = convert_run(args.run, args.quant, out, calibration, args.io or "uint8", args.io_out or "float32",
-                          args.float_stem, args.float_blocks)
+                          args.float_stem, args.float_blocks, refit_calibration=not args.keep_calibration)
     from edge_app.model import Classifier
     classifier = Classifier(out, threads=1)  # proves the device runtime can load it
     print(f"wrote {out}: {args.quant}, {os.path.getsize(out) / 1e6:.2f} MB, "
           f"input {classifier.input_dtype} output {classifier.output_dtype}, "
           f"{len(written['labels'])} labels, input {written['input_size']} px")
+    fit = written.get("confidence_calibration")
+    if fit:
+        before = written["training_calibration"]
+        print(f"calibration refitted on this file's outputs for {fit['cells']} validation cells: temperature "
+              f"{before['temperature']} -> {fit['temperature']}, threshold {before['min_confidence']} -> "
+              f"{fit['min_confidence']}")
     warn_if_input_clipped(out)
     return 0
 
@@ -82,6 +92,6 @@ def main(args: argparse.Namespace) -> int:
     """Convert; a problem the user can fix is one line on stderr and exit status 2."""
     try:
         return run(args)
-    except (ConversionError, CalibrationError, ModelFileError) as exc:
+    except (ConversionError, CalibrationError, RecalibrationError, ModelFileError) as exc:
         print(f"hemato convert: error: {exc}", file=sys.stderr)
         return 2

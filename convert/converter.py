@@ -22,6 +22,7 @@ from convert.bias_correction import correct_for_int8
 from convert.calibration import CalibrationSet
 from convert.input_fold import fold_input_scaling
 from convert.metadata_writer import embed_metadata
+from convert.recalibrate import refit, validation_images
 from edge_app.vision import CropSettings
 from training.model import with_rotation_views
 
@@ -202,8 +203,12 @@ def stays_float(layer_name: str, layers: tuple[str, ...] = FLOAT_STEM_LAYERS) ->
 
 def convert_run(run_dir: Path, variant: str, out: Path, calibration: CalibrationSet | None = None,
                 io_input: str = "uint8", io_output: str = "float32", float_stem: bool = False,
-                float_blocks: int = 0) -> dict[str, Any]:
-    """Convert a run folder to `out` and return the metadata written into the file."""
+                float_blocks: int = 0, refit_calibration: bool = True) -> dict[str, Any]:
+    """Convert a run folder to `out` and return the metadata written into the file.
+
+    With refit_calibration and a run whose splits.csv has validation rows, the file's temperature and
+    threshold are refitted on its own outputs (convert.recalibrate); the run's stay in the metadata.
+    """
     run_dir, out = Path(run_dir), Path(out)
     meta = read_run_metadata(run_dir)
     model = load_keras(run_dir, meta)
@@ -232,4 +237,11 @@ def convert_run(run_dir: Path, variant: str, out: Path, calibration: Calibration
         written["input_scaling"] = "folded into the first convolution"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(embed_metadata(data, written))
+    images = validation_images(run_dir) if refit_calibration else []
+    if images:
+        fit = refit(out, images)
+        written["training_calibration"] = {"temperature": meta["temperature"],
+                                           "min_confidence": meta.get("min_confidence")}
+        written.update(temperature=fit["temperature"], min_confidence=fit["min_confidence"], confidence_calibration=fit)
+        out.write_bytes(embed_metadata(data, written))
     return written

@@ -134,3 +134,54 @@ def test_run_folder_and_option_errors(problem, tmp_path, tmp_path_factory, capsy
         (tmp_path / "metadata.json").write_text((run / "metadata.json").read_text())
     assert hemato(["convert", *args, "--out", str(tmp_path / "m.tflite")]) == 2
     assert "error" in _one_line_error(capsys)
+
+
+def _run_with_validation(tmp_path, tmp_path_factory, temperature: float) -> tuple:
+    """A copy of the tiny run whose metadata has `temperature` and whose splits.csv lists validation images."""
+    import csv
+    import shutil
+    from edge_app.dataset import labelled_images
+    a = assets(tmp_path_factory)
+    run = tmp_path / "run"
+    shutil.copytree(a["run"], run)
+    meta = json.loads((run / "metadata.json").read_text())
+    (run / "metadata.json").write_text(json.dumps({**meta, "temperature": temperature, "min_confidence": 0.5}))
+    images = labelled_images(a["test"])
+    with open(run / "splits.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["filepath", "label", "split", "group"])
+        writer.writerows([str(path), label, "val", f"g{i % 7}"] for i, (path, label) in enumerate(images))
+    return run, images
+
+
+def test_conversion_refits_temperature_and_threshold_on_the_files_own_validation_outputs(tmp_path, tmp_path_factory):
+    from training.calibration import fit_calibration
+    run, images = _run_with_validation(tmp_path, tmp_path_factory, temperature=5.0)
+    out = tmp_path / "refit.tflite"
+    assert hemato(["convert", str(run), "--quant", "float32", "--out", str(out)]) == 0
+    meta = read_model_metadata(out)
+    clf = Classifier(out, threads=1)
+    crops, y = crops_of(assets(tmp_path_factory)["test"])  # the same images, in the same order
+    logits = np.stack([clf.raw_outputs(crop) for crop in crops.astype(np.uint8)])
+    groups = np.array([f"g{i % 7}" for i in range(len(images))])
+    temperature, threshold = fit_calibration(logits, y, groups)
+    assert meta["temperature"] == pytest.approx(temperature, abs=1e-4) and meta["temperature"] != 5.0
+    assert meta["min_confidence"] == pytest.approx(threshold, abs=1e-4)
+    assert meta["training_calibration"] == {"temperature": 5.0, "min_confidence": 0.5}
+    assert meta["confidence_calibration"]["cells"] == len(images)
+
+
+def test_keep_calibration_leaves_the_runs_temperature(tmp_path, tmp_path_factory):
+    run, _ = _run_with_validation(tmp_path, tmp_path_factory, temperature=5.0)
+    out = tmp_path / "kept.tflite"
+    assert hemato(["convert", str(run), "--quant", "float32", "--out", str(out), "--keep-calibration"]) == 0
+    meta = read_model_metadata(out)
+    assert meta["temperature"] == 5.0 and "confidence_calibration" not in meta
+
+
+def test_missing_validation_images_are_a_clear_error(tmp_path, tmp_path_factory, capsys):
+    run, _ = _run_with_validation(tmp_path, tmp_path_factory, temperature=1.0)
+    (run / "splits.csv").write_text("filepath,label,split,group\nnowhere/cell.png,MONOCYTE,val,g0\n")
+    assert hemato(["convert", str(run), "--quant", "float32", "--out", str(tmp_path / "x.tflite")]) == 2
+    err = capsys.readouterr().err
+    assert "validation images" in err and "nowhere/cell.png" in err and "--keep-calibration" in err

@@ -5,6 +5,9 @@ import numpy as np
 
 from edge_app.model import softmax
 
+TARGET_ANSWERED_ACCURACY = 0.98
+TARGET_LEVEL = 0.9  # the threshold must reach the target in 90 % of resamples of the validation photographs
+
 
 def nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
     """Mean negative log-likelihood of the true labels at a temperature."""
@@ -87,6 +90,14 @@ def choose_threshold(probs: np.ndarray, y: np.ndarray, target_accuracy: float = 
         return 1.0
     failing = np.flatnonzero(~meets)
     return float(thresholds[failing[-1] + 1] if len(failing) else thresholds[0])
+
+
+def fit_calibration(logits: np.ndarray, y: np.ndarray, groups: np.ndarray | None) -> tuple[float, float]:
+    """(temperature, answer threshold) from validation logits: the one rule for training and for each converted file."""
+    temperature = fit_temperature(logits, y)
+    threshold = choose_threshold(softmax(logits, temperature), y, TARGET_ANSWERED_ACCURACY, groups=groups,
+                                 level=TARGET_LEVEL)
+    return temperature, threshold
 
 
 def coverage_at(probs: np.ndarray, y: np.ndarray, threshold: float) -> tuple[float, float | None]:

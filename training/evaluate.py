@@ -8,10 +8,8 @@ import pandas as pd
 
 from edge_app.model import softmax
 from training import calibration, plots
+from training.calibration import TARGET_ANSWERED_ACCURACY, TARGET_LEVEL
 from training.metrics import classification_report
-
-TARGET_ANSWERED_ACCURACY = 0.98
-TARGET_LEVEL = 0.9  # the threshold must reach the target in 90 % of resamples of the validation photographs
 
 
 def predict_logits(model, crops: np.ndarray, rows: np.ndarray, batch_size: int = 16) -> np.ndarray:
@@ -58,10 +56,8 @@ def evaluate_and_calibrate(model, crops: np.ndarray, y: np.ndarray, frame: pd.Da
     split = frame["split"].to_numpy()
     val_rows = np.flatnonzero(usable & (split == "val"))
     val_logits = predict_logits(model, crops, val_rows)
-    temperature = calibration.fit_temperature(val_logits, y[val_rows])
     val_groups = frame["group"].fillna(frame["filepath"]).to_numpy()[val_rows]
-    threshold = calibration.choose_threshold(softmax(val_logits, temperature), y[val_rows], TARGET_ANSWERED_ACCURACY,
-                                             groups=val_groups, level=TARGET_LEVEL)
+    temperature, threshold = calibration.fit_calibration(val_logits, y[val_rows], val_groups)
     logits_by_row = dict(zip(val_rows.tolist(), val_logits))
     test_rows = np.flatnonzero(usable & (split == "test"))
     logits_by_row.update(zip(test_rows.tolist(), predict_logits(model, crops, test_rows)))  # TEST: first touch
