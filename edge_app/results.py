@@ -118,6 +118,7 @@ class RunStats:
     images: int = 0                 # frames decoded (failures are counted in `failed`)
     no_cell: int = 0                # decoded frames where no white blood cell was found
     cells: dict[str, int] = field(default_factory=dict)  # answer (a class or UNCERTAIN) -> count
+    uncertain_guess: dict[str, int] = field(default_factory=dict)  # predicted class of UNCERTAIN cells -> count
     failed: int = 0                 # frames that could not be used
     failures: list[tuple[str, str]] = field(default_factory=list)  # (source, why), the first MAX_FAILURES_KEPT
     latency_ms: Series = field(default_factory=Series)  # decode..invoke per decoded frame
@@ -132,6 +133,8 @@ class RunStats:
             self.no_cell += 1
         for cell in cells:
             self.cells[cell.label] = self.cells.get(cell.label, 0) + 1
+            if cell.label == UNCERTAIN:
+                self.uncertain_guess[cell.predicted] = self.uncertain_guess.get(cell.predicted, 0) + 1
         for stage, ms in timings_ms.items():
             self.stages_ms.setdefault(stage, Series()).add(ms)
         self.latency_ms.add(sum(timings_ms.get(s, 0.0) for s in ("decode", "localise", "preprocess", "invoke")))
@@ -156,6 +159,7 @@ class RunStats:
             "images_read": self.images + self.failed, "images_decoded": self.images,
             "images_failed": self.failed, "images_without_cell": self.no_cell,
             "cells_classified": self.classified, "uncertain": self.cells.get(UNCERTAIN, 0),
+            "uncertain_best_guess": {label: self.uncertain_guess.get(label, 0) for label in self.labels},
             "differential": {label: {"count": n, "percent": round(pct, 2)} for label, n, pct in self.differential()},
             "failures": [{"source": s, "error": e} for s, e in self.failures],
             "latency_ms": {"mean": round(self.latency_ms.mean, 3), "p95": round(self.latency_ms.p95, 3)},
@@ -174,7 +178,8 @@ class RunStats:
                                                                if uncertain else "):"))
         width = max(len(label) for label in self.labels + [UNCERTAIN])
         for label, n, pct in self.differential():
-            lines.append(f"  {label:<{width}} {n:6d}  {pct:5.1f}%")
+            guess = f"   (UNCERTAIN, best guess {label}: {self.uncertain_guess.get(label, 0)})" if uncertain else ""
+            lines.append(f"  {label:<{width}} {n:6d}  {pct:5.1f}%{guess}")
         if uncertain:
             lines.append(f"  {UNCERTAIN:<{width}} {uncertain:6d}")
         if failed:

@@ -115,6 +115,11 @@ def test_min_confidence_makes_uncertain_and_it_is_counted_apart(tmp_path, smear_
     assert all(r["reason"] == "low confidence" and r["runner_up"] in set(LABELS) - {r["predicted"]} for r in rows)
     summary = capsys.readouterr().out
     assert "Differential count (0 cells; 3 UNCERTAIN not counted):" in summary
+    guesses = [int(line.rsplit(": ", 1)[1].rstrip(")")) for line in summary.splitlines() if "best guess" in line]
+    assert len(guesses) == len(LABELS) and sum(guesses) == 3  # a reviewer sees what the pending cells look like
+    for label in {r["predicted"] for r in rows}:
+        n = sum(r["predicted"] == label for r in rows)
+        assert f"(UNCERTAIN, best guess {label}: {n})" in summary
 
 
 def test_model_problems_fail_fast_with_one_line(tmp_path, smear_folder, capsys, monkeypatch):
