@@ -28,7 +28,7 @@ from edge_app.metadata import ModelFileError
 from edge_app.model import Classifier
 from edge_app.pipeline import decide, is_unusual_crop
 from edge_app.vision import CropSettings, largest_cell_crop
-from training.calibration import coverage_of_answers, expected_calibration_error
+from training.calibration import coverage_of_answers, expected_calibration_error, reliability_bins, risk_coverage
 
 PRINTED_DISAGREEMENTS = 20
 
@@ -119,6 +119,14 @@ def predict_all(models: list[Classifier], images: list[tuple[Path, str]]) -> tup
     return runs, unreadable
 
 
+def located_arrays(run: Predictions, images: list[tuple[Path, str]]) -> tuple[np.ndarray, ...]:
+    """(probabilities at temperature 1, calibrated probabilities, true class, answered) of the located cells."""
+    located = [i for i, p in enumerate(run.probs) if p is not None]
+    y = np.array([run.classifier.labels.index(images[i][1]) for i in located])
+    return (np.stack([run.raw_probs[i] for i in located]), np.stack([run.probs[i] for i in located]), y,
+            np.array([run.answered[i] for i in located]))
+
+
 def model_summary(run: Predictions, images: list[tuple[Path, str]]) -> dict[str, Any]:
     """Accuracy (an image without a located cell counts as wrong), per class, size and latency."""
     clf = run.classifier
@@ -129,15 +137,13 @@ def model_summary(run: Predictions, images: list[tuple[Path, str]]) -> dict[str,
         hits = [c for c, t in zip(correct, truth) if t == label]
         per_class[label] = {"images": len(hits), "accuracy": sum(hits) / len(hits) if hits else None}
     size = clf.path.stat().st_size
-    located = [i for i, p in enumerate(run.probs) if p is not None]
-    y = np.array([clf.labels.index(truth[i]) for i in located])
     calibration = None
-    if located:
-        answered = np.array([run.answered[i] for i in located])
-        coverage, answered_accuracy = coverage_of_answers(np.stack([run.probs[i] for i in located]), y, answered)
+    if any(p is not None for p in run.probs):
+        raw, probs, y, answered = located_arrays(run, images)
+        coverage, answered_accuracy = coverage_of_answers(probs, y, answered)
         calibration = {"temperature": clf.temperature, "min_confidence": clf.min_confidence,
-                       "ece_before": expected_calibration_error(np.stack([run.raw_probs[i] for i in located]), y),
-                       "ece_after": expected_calibration_error(np.stack([run.probs[i] for i in located]), y),
+                       "ece_before": expected_calibration_error(raw, y),
+                       "ece_after": expected_calibration_error(probs, y),
                        "coverage": coverage, "answered_accuracy": answered_accuracy}
     return {"path": str(clf.path), "name": clf.name, "variant": clf.metadata.get("variant", "?"),
             "io": {"input": clf.input_dtype, "output": clf.output_dtype}, "size_bytes": size,
@@ -243,8 +249,36 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_plots(runs: list[Predictions], images: list[tuple[Path, str]], folder: Path) -> list[Path]:
+    """reliability.png (before/after each model's temperature) and risk_coverage.png (threshold marked)."""
+    try:
+        import matplotlib  # noqa: F401  (comes with the train extra; training.plots imports it lazily)
+    except ImportError as exc:
+        raise VerifyError(f"--plots needs matplotlib ({exc}): pip install 'hemato-edge[train]'") from exc
+    from training import plots
+    reliability, curves, points = {}, {}, {}
+    for run in runs:
+        name, clf = run.classifier.name, run.classifier
+        if not any(p is not None for p in run.probs):
+            continue
+        raw, probs, y, answered = located_arrays(run, images)
+        reliability[f"{name} T=1 (ECE {expected_calibration_error(raw, y):.3f})"] = reliability_bins(raw, y)
+        reliability[f"{name} T={clf.temperature:.3f} (ECE {expected_calibration_error(probs, y):.3f})"] = \
+            reliability_bins(probs, y)
+        _, coverage, accuracy = risk_coverage(probs, y)
+        curves[name] = (coverage, accuracy)
+        share, right = coverage_of_answers(probs, y, answered)
+        if right is not None:
+            points[name] = (share, right)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / "reliability.png", folder / "risk_coverage.png"]
+    plots.reliability_png(reliability, written[0], "Reliability of each model (located cells)")
+    plots.risk_coverage_png(curves, points, written[1], "Risk-coverage of each model")
+    return written
+
+
 def verify(paths: list[Path], data: Path, max_drop_pp: float = 0.5, min_agreement_pct: float = 99.0,
-           threads: int | None = None) -> dict[str, Any]:
+           threads: int | None = None, plots: Path | None = None) -> dict[str, Any]:
     """Compare each candidate with the reference (the first path) and return the full report."""
     if len(paths) < 2:
         raise VerifyError("give a reference model and at least one candidate")
@@ -257,6 +291,9 @@ def verify(paths: list[Path], data: Path, max_drop_pp: float = 0.5, min_agreemen
         comparison = compare(runs[0], run, images, (summaries[0], summary))
         apply_gate(comparison, max_drop_pp, min_agreement_pct)
         comparisons.append(comparison)
+    if plots is not None:
+        for path in write_plots(runs, images, plots):
+            print(f"verify: wrote {path}", file=sys.stderr)
     return {"data": str(data), "images": len(images), "unreadable": unreadable,
             "gate": {"max_drop_pp": max_drop_pp, "min_agreement_pct": min_agreement_pct},
             "models": summaries, "comparisons": comparisons, "passed": all(c["passed"] for c in comparisons)}
@@ -275,12 +312,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(%%, default 99); over all cells, agreement must reach the reference's own on "
                              "mirrored crops")
     parser.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
+    parser.add_argument("--plots", type=Path, metavar="DIR",
+                        help="also write DIR/reliability.png and DIR/risk_coverage.png (needs matplotlib)")
 
 
 def main(args: argparse.Namespace) -> int:
     """0 when every candidate passes the gate, 1 when one fails, 2 on an error the user can fix."""
     try:
-        report = verify(args.models, args.data, args.max_drop, args.min_agreement, args.threads)
+        report = verify(args.models, args.data, args.max_drop, args.min_agreement, args.threads, args.plots)
     except (VerifyError, ModelFileError) as exc:
         print(f"hemato verify: error: {exc}", file=sys.stderr)
         return 2

@@ -160,3 +160,12 @@ def test_report_gives_answered_agreement_and_mirror_floor(setup, tmp_path):
     comparison = json.loads(report_path.read_text())["comparisons"][0]
     assert 0 < comparison["reference_answered"] <= comparison["compared"]
     assert 0.0 <= comparison["agreement_answered"] <= 1.0 and 0.0 <= comparison["mirror_agreement"] <= 1.0
+
+
+def test_plots_show_each_models_reliability_and_risk_coverage(setup, tmp_path):
+    folder = tmp_path / "plots"
+    assert hemato(["verify", str(setup["float32"]), str(setup["int8"]), "--data", str(setup["test"]),
+                   "--plots", str(folder), "--threads", "1"]) == 0
+    for name in ("reliability.png", "risk_coverage.png"):
+        image = cv2.imread(str(folder / name))
+        assert image is not None and image.shape[0] > 100 and image.std() > 0
