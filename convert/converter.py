@@ -35,8 +35,9 @@ VARIANTS = ("float32", "float16", "dynamic", "int8")
 # instead of 1.6x.
 FLOAT_STEM_LAYERS = ("scale_to_pm1", "/Conv1", "expanded_conv_")
 # With the float stem, the head's ops stay float too: rounding the pooled features and the logits to
-# int8 (a step of about 0.1 logit) flipped close calls, and these ops cost next to nothing.
-FLOAT_HEAD_OPS = ("MEAN", "FULLY_CONNECTED")
+# int8 (a step of about 0.1 logit) flipped close calls, and these ops cost next to nothing. The
+# concatenation of pooled layers would otherwise requantise features of different ranges to one scale.
+FLOAT_HEAD_OPS = ("MEAN", "CONCATENATION", "FULLY_CONNECTED")
 IO_TYPES = ("uint8", "int8", "float32")
 
 

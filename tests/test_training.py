@@ -130,7 +130,7 @@ def test_grouped_split_keeps_each_group_on_one_side_and_stratifies():
 def _train(data: Path, out: Path, **options) -> dict:
     from training.train import TrainConfig, run_training
     config = TrainConfig(input_size=32, weights="none", head_epochs=2, finetune_epochs=1,
-                         finetune_from="block_16_expand", batch_size=8, seed=3, **options)
+                         finetune_from="block_13_expand", batch_size=8, seed=3, **options)
     return run_training(data, out, config)
 
 
@@ -264,3 +264,33 @@ def test_threshold_is_stricter_when_errors_come_in_whole_photographs():
     by_photograph = choose_threshold(probs, y, 0.98, groups=np.repeat(np.arange(100), 10))
     assert by_image == probs.max(axis=1).min()  # 10 errors in 1,000 independent images: answer everything
     assert by_photograph > 0.6  # one bad photograph in 100 could as well be two: stop above it
+
+
+def test_head_reads_the_pooled_feature_layers_and_the_backbone_stops_at_the_deepest():
+    from training.model import FEATURE_LAYERS, backbone_of, build_model
+    model = build_model(4, input_size=32, weights="none")
+    assert model.get_layer("pool").output.shape[-1] == 192 + 576 and FEATURE_LAYERS[-1] == "block_13_expand_relu"
+    names = {layer.name for layer in backbone_of(model).layers}
+    assert "block_13_expand_relu" in names and "out_relu" not in names and "block_14_expand" not in names
+    classic = build_model(4, input_size=32, weights="none", feature_layers=("out_relu",))
+    assert classic.get_layer("pool").output.shape[-1] == 1280
+    with pytest.raises(ValueError, match="not in the backbone"):
+        build_model(4, input_size=32, weights="none", feature_layers=("block_99_relu",))
+
+
+def test_standardisation_folds_into_the_dense_layer_exactly():
+    from training.head import fold_standardisation
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, (50, 6))
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    kernel, bias = rng.normal(size=(6, 4)), rng.normal(size=4)
+    folded_kernel, folded_bias = fold_standardisation(kernel, bias, mean, std)
+    np.testing.assert_allclose(x @ folded_kernel + folded_bias, ((x - mean) / std) @ kernel + bias, rtol=1e-4, atol=1e-4)
+
+
+def test_feature_cache_is_keyed_by_the_pooled_layers(tmp_path):
+    from training.features import features_cache_file
+    crops = tmp_path / "crops_224_abc.npz"
+    default = features_cache_file(crops, "none", 10)
+    assert features_cache_file(crops, "none", 10, ("out_relu",)) == default
+    assert features_cache_file(crops, "none", 10, ("block_6_expand_relu", "block_13_expand_relu")) != default

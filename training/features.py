@@ -12,16 +12,20 @@ from pathlib import Path
 import numpy as np
 
 
-def features_cache_file(crops_file: Path, weights: str | None, rows: int) -> Path:
+def features_cache_file(crops_file: Path, weights: str | None, rows: int,
+                        feature_layers: tuple[str, ...] = ("out_relu",)) -> Path:
     """Cache file for the backbone features of one crop cache's rows under one backbone's weights.
 
-    Keyed by the crop cache (itself keyed by the image files) and by the weights file's size and
-    time, not by the row count alone: another dataset of the same size never reuses stale features.
+    Keyed by the crop cache (itself keyed by the image files), by the weights file's size and time
+    and by the layers pooled, not by the row count alone: another dataset of the same size never
+    reuses stale features.
     """
     tag = Path(str(weights)).name
     if weights and Path(str(weights)).is_file():
         stat = Path(str(weights)).stat()
         tag += "_" + hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:8]
+    if tuple(feature_layers) != ("out_relu",):  # the first runs' files, kept valid
+        tag += "_" + hashlib.sha256("+".join(feature_layers).encode()).hexdigest()[:8]
     key = Path(crops_file).stem.removeprefix("crops_")
     return Path(crops_file).parent / f"features_{key}_{tag}_{rows}.npy"
 

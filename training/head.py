@@ -7,9 +7,19 @@ from pathlib import Path
 import numpy as np
 
 
+def fold_standardisation(kernel: np.ndarray, bias: np.ndarray, mean: np.ndarray,
+                         std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense weights on raw features equal to (kernel, bias) on standardised ones: no extra op in the graph."""
+    scaled = kernel / std[:, None]
+    return scaled.astype(np.float32), (bias - mean @ scaled).astype(np.float32)
+
+
 def train_head(model, feats: np.ndarray, y: np.ndarray, train_pos: list[int], val_pos: list[int],
                config, class_weight: dict[int, float] | None, out_dir: Path) -> None:
     """Fit the head on all rotations of the training features; early stop on validation loss.
+
+    Features are standardised with the training rows' mean and spread (the pooled layers differ in
+    scale), and the standardisation is folded into the dense layer's weights afterwards.
 
     feats is (rotations, N, D) and y (N,) in the same row order; train_pos/val_pos index
     both. The fitted weights are copied into model's "logits" layer and saved to
@@ -25,8 +35,10 @@ def train_head(model, feats: np.ndarray, y: np.ndarray, train_pos: list[int], va
         print("head: restored from head.weights.npz", file=sys.stderr)
         return
     x_train = feats[:, train_pos].reshape(-1, feats.shape[-1])
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
+    x_train = (x_train - mean) / std
     y_train = np.tile(y[train_pos], feats.shape[0])
-    x_val = feats[:, val_pos].reshape(-1, feats.shape[-1])
+    x_val = (feats[:, val_pos].reshape(-1, feats.shape[-1]) - mean) / std
     y_val = np.tile(y[val_pos], feats.shape[0])
 
     inputs = keras.Input((feats.shape[-1],))
@@ -39,7 +51,7 @@ def train_head(model, feats: np.ndarray, y: np.ndarray, train_pos: list[int], va
     print("head: training the classifier on frozen backbone features", file=sys.stderr)
     head.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=config.head_epochs, batch_size=256,
              class_weight=class_weight, callbacks=[stop], verbose=2)
-    kernel, bias = head.layers[-1].get_weights()
+    kernel, bias = fold_standardisation(*head.layers[-1].get_weights(), mean, std)
     logits.set_weights([kernel, bias])
     np.savez(saved, kernel=kernel, bias=bias)
 

@@ -26,15 +26,37 @@ def _backbone(input_size: int, weights: str | None):
         raise WeightsError(f"could not load backbone weights from {source}: {exc}") from exc
 
 
-def build_model(num_classes: int, input_size: int = 224, weights: str | None = "imagenet", dropout: float = 0.3):
+# Backbone layers whose pooled outputs the head reads. Mid-level features generalise better to new
+# photographs than the last layer's ImageNet/dog semantics: on the photograph validation split, a
+# standardised linear head on these two gave 86.2 / 87.3 % (two seeds) against 81.8 / 83.2 % on out_relu,
+# and the backbone stops at block 13, which drops its last blocks' cost.
+FEATURE_LAYERS = ("block_6_expand_relu", "block_13_expand_relu")
+
+
+def _pooled_features(backbone, feature_layers: tuple[str, ...]):
+    """The backbone cut after its deepest feature layer, each feature layer globally averaged, concatenated."""
+    import keras
+    names = [layer.name for layer in backbone.layers]
+    missing = [name for name in feature_layers if name not in names]
+    if missing or not feature_layers:
+        raise ValueError(f"feature layers {missing or '(none)'} are not in the backbone; e.g. out_relu, "
+                         "block_13_expand_relu, block_6_expand_relu")
+    pooled = [keras.layers.GlobalAveragePooling2D(name=f"pool_{name}")(backbone.get_layer(name).output)
+              for name in feature_layers]
+    x = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="pooled_features")(pooled)
+    return keras.Model(backbone.input, x, name=backbone.name)
+
+
+def build_model(num_classes: int, input_size: int = 224, weights: str | None = "imagenet", dropout: float = 0.3,
+                feature_layers: tuple[str, ...] = FEATURE_LAYERS):
     """A Keras model taking RGB pixels in [0, 255] and returning logits (softmax is the runtime's job)."""
     import keras
     inputs = keras.Input((input_size, input_size, 3), name="rgb_0_255")
     x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_pm1")(inputs)
-    backbone = _backbone(input_size, weights)
+    backbone = _pooled_features(_backbone(input_size, weights), tuple(feature_layers))
     backbone.trainable = False
     x = backbone(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Identity(name="pool")(x)  # the head's input: the features training caches
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name="wbc_mobilenetv2")

@@ -19,6 +19,7 @@ from edge_app.vision import CropSettings, crop_statistics
 from training.crops import cache_key, cached_crops, crop_cache_file
 from training.data import class_counts, read_dataset
 from training.groups import grouped_stratified_split
+from training.model import FEATURE_LAYERS
 from training.photographs import localisation_only, recover_photographs
 
 
@@ -39,6 +40,7 @@ class TrainConfig:
     patience: int = 2
     seed: int = 0
     views: int = 4  # rotations averaged inside the deployed model (training.model.with_rotation_views)
+    feature_layers: tuple[str, ...] = FEATURE_LAYERS  # backbone layers pooled for the head (training.model)
     crop_scale: float = CropSettings.crop_scale  # the crop's side over the nucleus's extent (stored in the model)
     min_crop_frac: float = CropSettings.min_crop_frac  # the crop's least side over the frame's short side
 
@@ -140,12 +142,12 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
     y = frame["label"].map({name: i for i, name in enumerate(labels_sorted)}).to_numpy()
     usable = (frame["reason"] == "").to_numpy()
 
-    model = build_model(len(labels_sorted), config.input_size, config.weights, config.dropout)
+    model = build_model(len(labels_sorted), config.input_size, config.weights, config.dropout, config.feature_layers)
     fit_rows = np.flatnonzero(usable & (frame["split"] != "test").to_numpy())
     feats_file = features_cache_file(crop_cache_file(list(frame["filepath"]), settings, cache_dir), config.weights,
-                                     len(fit_rows))
+                                     len(fit_rows), config.feature_layers)
     feats = np.load(feats_file) if feats_file.exists() else None
-    if feats is None or feats.shape[1] != len(fit_rows):
+    if feats is None or feats.shape[1:] != (len(fit_rows), model.get_layer("pool").output.shape[-1]):
         feats = rotated_features(feature_extractor(model), crops[fit_rows], label="backbone features")
         np.save(feats_file, feats)
     frame = assign_validation(frame, y, config, cache_dir)
