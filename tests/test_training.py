@@ -294,3 +294,14 @@ def test_feature_cache_is_keyed_by_the_pooled_layers(tmp_path):
     default = features_cache_file(crops, "none", 10)
     assert features_cache_file(crops, "none", 10, ("out_relu",)) == default
     assert features_cache_file(crops, "none", 10, ("block_6_expand_relu", "block_13_expand_relu")) != default
+
+
+def test_a_restarted_fine_tune_must_still_beat_the_head_only_model(tmp_path):
+    """An interrupted run resumed with only worse epochs on record keeps the head-only baseline to beat."""
+    from training.finetune import best_val_loss
+    history, baseline = tmp_path / "history.csv", tmp_path / "head_only_val_loss.txt"
+    history.write_text("epoch,accuracy,loss,val_accuracy,val_loss\n0,0.4,5.7,0.72,0.79\n")
+    assert best_val_loss(history, baseline) == 0.79
+    baseline.write_text("0.417")
+    assert best_val_loss(history, baseline) == 0.417
+    assert best_val_loss(tmp_path / "none.csv", tmp_path / "none.txt") is None

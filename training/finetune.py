@@ -34,11 +34,17 @@ def make_dataset(crops: np.ndarray, y: np.ndarray, rows: np.ndarray, batch_size:
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _best_val_loss(history_csv: Path) -> float | None:
-    if not history_csv.exists():
-        return None
-    with history_csv.open() as f:
-        losses = [float(r["val_loss"]) for r in csv.DictReader(f) if r.get("val_loss")]
+def best_val_loss(history_csv: Path, baseline_file: Path) -> float | None:
+    """The validation loss a fine-tuning epoch must beat: the head-only model's or an earlier epoch's.
+
+    Both are read from disk, so a restarted run keeps the head-only model when no epoch beat it.
+    """
+    losses = []
+    if history_csv.exists():
+        with history_csv.open() as f:
+            losses = [float(r["val_loss"]) for r in csv.DictReader(f) if r.get("val_loss")]
+    if baseline_file.exists():
+        losses.append(float(baseline_file.read_text()))
     return min(losses) if losses else None
 
 
@@ -79,11 +85,12 @@ def finetune(model, crops: np.ndarray, y: np.ndarray, train_rows: np.ndarray, va
     history_csv = out_dir / "history.csv"
     train_ds = make_dataset(crops, y, train_rows, config.batch_size, True, config.seed)
     val_ds = make_dataset(crops, y, val_rows, config.batch_size, False, config.seed)
-    threshold = _best_val_loss(history_csv)
+    baseline = best.parent / "head_only_val_loss.txt"
     if not best.exists():
         model.save_weights(best)  # the head-only model is the baseline to beat
-        threshold = float(model.evaluate(val_ds, verbose=0)[0])
-        print(f"fine-tune: head-only validation loss {threshold:.4f}", file=sys.stderr)
+        baseline.write_text(repr(float(model.evaluate(val_ds, verbose=0)[0])))
+        print(f"fine-tune: head-only validation loss {float(baseline.read_text()):.4f}", file=sys.stderr)
+    threshold = best_val_loss(history_csv, baseline)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(out_dir / "checkpoints" / "backup")),
         keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True, save_weights_only=True,
