@@ -243,6 +243,7 @@ def convert_run(run_dir: Path, variant: str, out: Path, calibration: Calibration
         fit = refit(out, images)
         written["training_calibration"] = {"temperature": meta["temperature"],
                                            "min_confidence": meta.get("min_confidence")}
-        written.update(temperature=fit["temperature"], min_confidence=fit["min_confidence"], confidence_calibration=fit)
+        written.update(temperature=fit["temperature"], min_confidence=fit["min_confidence"],
+                       confidence_calibration=fit)
         out.write_bytes(embed_metadata(data, written))
     return written

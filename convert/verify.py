@@ -249,12 +249,16 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_plots(runs: list[Predictions], images: list[tuple[Path, str]], folder: Path) -> list[Path]:
-    """reliability.png (before/after each model's temperature) and risk_coverage.png (threshold marked)."""
+def require_matplotlib() -> None:
+    """--plots needs matplotlib (the train extra); say so before any model runs."""
     try:
-        import matplotlib  # noqa: F401  (comes with the train extra; training.plots imports it lazily)
+        import matplotlib  # noqa: F401  (training.plots imports it lazily)
     except ImportError as exc:
         raise VerifyError(f"--plots needs matplotlib ({exc}): pip install 'hemato-edge[train]'") from exc
+
+
+def write_plots(runs: list[Predictions], images: list[tuple[Path, str]], folder: Path) -> list[Path]:
+    """reliability.png (before/after each model's temperature) and risk_coverage.png (threshold marked)."""
     from training import plots
     reliability, curves, points = {}, {}, {}
     for run in runs:
@@ -282,6 +286,8 @@ def verify(paths: list[Path], data: Path, max_drop_pp: float = 0.5, min_agreemen
     """Compare each candidate with the reference (the first path) and return the full report."""
     if len(paths) < 2:
         raise VerifyError("give a reference model and at least one candidate")
+    if plots is not None:
+        require_matplotlib()
     models = load_models(paths, threads)
     images = load_data(data, models[0].labels)
     runs, unreadable = predict_all(models, images)
