@@ -150,6 +150,8 @@ def test_tiny_end_to_end_outputs_exist_and_load(tmp_path):
     saved = json.loads((out / "report.json").read_text())
     assert set(saved["splits"]) == {"val", "test"} and saved["splits"]["test"]["n"] == 6
     assert {"accuracy", "macro_f1", "per_class", "confusion"} <= set(report["splits"]["test"])
+    augmented = list((out / "cache").glob("features_*_augmented_*.npy"))  # the head also saw jittered crops
+    assert len(augmented) == 1 and np.load(augmented[0]).shape[:2] == (2, 16)
     # Restartable: a second run in the same folder resumes from its checkpoints.
     again = _train(data, out, crop_scale=1.6, min_crop_frac=0.35)
     assert again["calibration"] == report["calibration"]

@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feature-layers", nargs="+", default=list(DEFAULTS.feature_layers), metavar="LAYER",
                         help="backbone layers whose pooled outputs the head reads (default: "
                              + " ".join(DEFAULTS.feature_layers) + "; the classic head: out_relu)")
+    parser.add_argument("--augmented-copies", type=int, default=DEFAULTS.augmented_copies,
+                        help="augmented copies of each training crop whose features the head also learns from "
+                             "(default %(default)s; 0: clean crops only)")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
     parser.add_argument("--cache", type=Path, default=None, help="crop/feature cache folder (default OUT/cache)")
 
@@ -51,7 +54,8 @@ def main(args: argparse.Namespace) -> int:
                          finetune_from=args.finetune_from, finetune_lr=args.finetune_lr, dropout=args.dropout,
                          val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
                          views=args.views, crop_scale=args.crop_scale,
-                         min_crop_frac=args.min_crop_frac, feature_layers=tuple(args.feature_layers))
+                         min_crop_frac=args.min_crop_frac, feature_layers=tuple(args.feature_layers),
+                         augmented_copies=args.augmented_copies)
     try:
         report = run_training(args.data, args.out, config, args.cache)
     except (DatasetError, WeightsError, ValueError) as exc:

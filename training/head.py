@@ -15,14 +15,16 @@ def fold_standardisation(kernel: np.ndarray, bias: np.ndarray, mean: np.ndarray,
 
 
 def train_head(model, feats: np.ndarray, y: np.ndarray, train_pos: list[int], val_pos: list[int],
-               config, class_weight: dict[int, float] | None, out_dir: Path) -> None:
+               config, class_weight: dict[int, float] | None, out_dir: Path,
+               augmented: np.ndarray | None = None) -> None:
     """Fit the head on all rotations of the training features; early stop on validation loss.
 
     Features are standardised with the training rows' mean and spread (the pooled layers differ in
     scale), and the standardisation is folded into the dense layer's weights afterwards.
 
     feats is (rotations, N, D) and y (N,) in the same row order; train_pos/val_pos index
-    both. The fitted weights are copied into model's "logits" layer and saved to
+    both. `augmented` (copies, len(train_pos), D) adds features of augmented training crops. The
+    fitted weights are copied into model's "logits" layer and saved to
     head.weights.npz so a restarted run skips this phase.
     """
     import keras
@@ -35,9 +37,12 @@ def train_head(model, feats: np.ndarray, y: np.ndarray, train_pos: list[int], va
         print("head: restored from head.weights.npz", file=sys.stderr)
         return
     x_train = feats[:, train_pos].reshape(-1, feats.shape[-1])
+    y_train = np.tile(y[train_pos], feats.shape[0])
+    if augmented is not None:  # (copies, len(train_pos), D): features of augmented training crops
+        x_train = np.concatenate([x_train, augmented.reshape(-1, feats.shape[-1])])
+        y_train = np.concatenate([y_train, np.tile(y[train_pos], augmented.shape[0])])
     mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
     x_train = (x_train - mean) / std
-    y_train = np.tile(y[train_pos], feats.shape[0])
     x_val = (feats[:, val_pos].reshape(-1, feats.shape[-1]) - mean) / std
     y_val = np.tile(y[val_pos], feats.shape[0])
 

@@ -5,6 +5,7 @@ temperature or threshold is ever chosen on it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -41,6 +42,7 @@ class TrainConfig:
     seed: int = 0
     views: int = 4  # rotations averaged inside the deployed model (training.model.with_rotation_views)
     feature_layers: tuple[str, ...] = FEATURE_LAYERS  # backbone layers pooled for the head (training.model)
+    augmented_copies: int = 2  # augmented copies of each training crop whose features the head also learns from
     crop_scale: float = CropSettings.crop_scale  # the crop's side over the nucleus's extent (stored in the model)
     min_crop_frac: float = CropSettings.min_crop_frac  # the crop's least side over the frame's short side
 
@@ -124,7 +126,7 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
     import tensorflow as tf
 
     from training import evaluate, head, finetune
-    from training.features import feature_extractor, features_cache_file, rotated_features
+    from training.features import augmented_features, feature_extractor, features_cache_file, rotated_features
     from training.model import build_model, with_rotation_views
 
     started = time.time()
@@ -161,8 +163,18 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
 
     weights = class_weights(y[train_rows], len(labels_sorted))
     position = {row: i for i, row in enumerate(fit_rows)}
+    augmented = None
+    if config.augmented_copies > 0:
+        rows = f"{config.augmented_copies}:{config.seed}:{train_rows.tolist()}"
+        key = hashlib.sha256(rows.encode()).hexdigest()[:8]
+        aug_file = feats_file.with_name(f"{feats_file.stem}_augmented_{key}.npy")
+        augmented = np.load(aug_file) if aug_file.exists() else None
+        if augmented is None or augmented.shape[:2] != (config.augmented_copies, len(train_rows)):
+            augmented = augmented_features(feature_extractor(model), crops[train_rows], config.augmented_copies,
+                                           config.seed)
+            np.save(aug_file, augmented)
     head.train_head(model, feats, y[fit_rows], [position[r] for r in train_rows], [position[r] for r in val_rows],
-                    config, weights, out_dir)
+                    config, weights, out_dir, augmented)
     finetune.finetune(model, crops, y, train_rows, val_rows, config, weights, out_dir)
     model.save(out_dir / "model.keras")
 
