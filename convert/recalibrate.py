@@ -44,11 +44,6 @@ def validation_images(run_dir: Path) -> list[tuple[Path, str, str]]:
     return images
 
 
-def logits_of(raw: np.ndarray, classifier: Classifier) -> np.ndarray:
-    """Logits from a model's raw outputs (a model that outputs probabilities gives their logarithm)."""
-    return np.log(np.clip(raw, 1e-7, None)) if classifier.output_kind == "probabilities" else raw
-
-
 def refit(model_path: Path, images: list[tuple[Path, str, str]], threads: int | None = None) -> dict[str, Any]:
     """Temperature and threshold of one .tflite file, fitted on its outputs for labelled validation images."""
     classifier = Classifier(model_path, threads=threads)
@@ -57,7 +52,7 @@ def refit(model_path: Path, images: list[tuple[Path, str, str]], threads: int | 
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         crop = None if bgr is None else largest_cell_crop(bgr, classifier.crop_settings)[0]
         if crop is not None:  # training skipped these rows too
-            logits.append(logits_of(classifier.raw_outputs(crop), classifier))
+            logits.append(classifier.logits(classifier.raw_outputs(crop)))
             labels.append(classifier.labels.index(label))
             groups.append(group)
         if n % 500 == 0 or n == len(images):

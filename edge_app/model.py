@@ -124,12 +124,13 @@ class Classifier:
             out = (out.astype(np.float32) - zero) * (scale if scale else 1.0)
         return out.astype(np.float32)
 
+    def logits(self, raw: np.ndarray) -> np.ndarray:
+        """Logits from raw outputs (a model that outputs probabilities gives their logarithm)."""
+        return np.log(np.clip(raw, 1e-7, None)) if self.output_kind == "probabilities" else raw
+
     def probabilities(self, raw: np.ndarray, temperature: float | None = None) -> np.ndarray:
         """Calibrated class probabilities from raw outputs (sum to 1)."""
-        t = self.temperature if temperature is None else temperature
-        if self.output_kind == "probabilities":
-            return softmax(np.log(np.clip(raw, 1e-7, None)), t)
-        return softmax(raw, t)
+        return softmax(self.logits(raw), self.temperature if temperature is None else temperature)
 
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         """Class probabilities for one RGB uint8 crop."""

@@ -63,19 +63,27 @@ def _tflite_runner(extractor):
     return run
 
 
-def rotated_features(extractor, crops: np.ndarray, rotations: int = 4, label: str = "features") -> np.ndarray:
-    """Array (rotations, N, D) of pooled features of each crop rotated by k*90 degrees."""
+def _features_of_views(extractor, crops: np.ndarray, views: int, view, label: str) -> np.ndarray:
+    """Array (views, N, D): pooled features of view(k, i, crop) for every view k and crop i, with progress."""
     run = _tflite_runner(extractor)
-    out = np.zeros((rotations, len(crops), extractor.output_shape[-1]), np.float32)
-    total = rotations * len(crops)
-    for k in range(rotations):
+    out = np.zeros((views, len(crops), extractor.output_shape[-1]), np.float32)
+    total = views * len(crops)
+    for k in range(views):
         for i, crop in enumerate(crops):
-            out[k, i] = run(np.rot90(crop, k))
+            out[k, i] = run(view(k, i, crop))
             done = k * len(crops) + i + 1
             if done % 500 == 0 or done == total:
                 print(f"\r{label}: {done}/{total}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     return out
+
+
+ROTATIONS = 4  # the 90-degree rotations whose features are cached for the head
+
+
+def rotated_features(extractor, crops: np.ndarray, rotations: int = ROTATIONS, label: str = "features") -> np.ndarray:
+    """Array (rotations, N, D) of pooled features of each crop rotated by k*90 degrees."""
+    return _features_of_views(extractor, crops, rotations, lambda k, i, crop: np.rot90(crop, k), label)
 
 
 def augmented_features(extractor, crops: np.ndarray, copies: int, seed: int,
@@ -89,14 +97,8 @@ def augmented_features(extractor, crops: np.ndarray, copies: int, seed: int,
     import tensorflow as tf
 
     from training.augment import augment
-    run = _tflite_runner(extractor)
-    out = np.zeros((copies, len(crops), extractor.output_shape[-1]), np.float32)
-    total = copies * len(crops)
-    for c in range(copies):
-        for i, crop in enumerate(crops):
-            out[c, i] = run(augment(tf.constant(crop), tf.constant([seed + 1 + c, i], tf.int64)).numpy())
-            done = c * len(crops) + i + 1
-            if done % 500 == 0 or done == total:
-                print(f"\r{label}: {done}/{total}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    return out
+
+    def view(k: int, i: int, crop: np.ndarray) -> np.ndarray:
+        return augment(tf.constant(crop), tf.constant([seed + 1 + k, i], tf.int64)).numpy()
+
+    return _features_of_views(extractor, crops, copies, view, label)

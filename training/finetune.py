@@ -88,8 +88,9 @@ def finetune(model, crops: np.ndarray, y: np.ndarray, train_rows: np.ndarray, va
     baseline = best.parent / "head_only_val_loss.txt"
     if not best.exists():
         model.save_weights(best)  # the head-only model is the baseline to beat
-        baseline.write_text(repr(float(model.evaluate(val_ds, verbose=0)[0])))
-        print(f"fine-tune: head-only validation loss {float(baseline.read_text()):.4f}", file=sys.stderr)
+        head_only = float(model.evaluate(val_ds, verbose=0)[0])
+        baseline.write_text(repr(head_only))
+        print(f"fine-tune: head-only validation loss {head_only:.4f}", file=sys.stderr)
     threshold = best_val_loss(history_csv, baseline)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(out_dir / "checkpoints" / "backup")),

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -76,16 +77,21 @@ def prepare_rows(frame: pd.DataFrame, settings: CropSettings, cache_dir: Path) -
     return frame, crops
 
 
+def cached_array(path: Path, shape: tuple[int, ...], compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """The array saved at path when its shape starts with `shape`, else compute() saved there."""
+    if path.exists():
+        saved = np.load(path)
+        if saved.shape[:len(shape)] == shape:
+            return saved
+    array = compute()
+    np.save(path, array)
+    return array
+
+
 def photograph_groups(paths: list[str], labels: np.ndarray, settings: CropSettings, cache_dir: Path) -> np.ndarray:
     """Which images are copies of one photograph (training.photographs), cached: matching takes minutes."""
     cache = Path(cache_dir) / f"photographs_{cache_key(paths, localisation_only(settings))}.npy"
-    if cache.exists():
-        groups = np.load(cache)
-        if len(groups) == len(paths):
-            return groups
-    groups = recover_photographs(paths, labels, settings)
-    np.save(cache, groups)
-    return groups
+    return cached_array(cache, (len(paths),), lambda: recover_photographs(paths, labels, settings))
 
 
 def assign_validation(frame: pd.DataFrame, labels: np.ndarray, config: TrainConfig, cache_dir: Path) -> pd.DataFrame:
@@ -126,7 +132,8 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
     import tensorflow as tf
 
     from training import evaluate, head, finetune
-    from training.features import augmented_features, feature_extractor, features_cache_file, rotated_features
+    from training.features import (ROTATIONS, augmented_features, feature_extractor, features_cache_file,
+                                   rotated_features)
     from training.model import build_model, with_rotation_views
 
     started = time.time()
@@ -148,10 +155,9 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
     fit_rows = np.flatnonzero(usable & (frame["split"] != "test").to_numpy())
     feats_file = features_cache_file(crop_cache_file(list(frame["filepath"]), settings, cache_dir), config.weights,
                                      len(fit_rows), config.feature_layers)
-    feats = np.load(feats_file) if feats_file.exists() else None
-    if feats is None or feats.shape[1:] != (len(fit_rows), model.get_layer("pool").output.shape[-1]):
-        feats = rotated_features(feature_extractor(model), crops[fit_rows], label="backbone features")
-        np.save(feats_file, feats)
+    feats = cached_array(feats_file, (ROTATIONS, len(fit_rows), model.get_layer("pool").output.shape[-1]),
+                         lambda: rotated_features(feature_extractor(model), crops[fit_rows],
+                                                  label="backbone features"))
     frame = assign_validation(frame, y, config, cache_dir)
     split = frame["split"].to_numpy()
     train_rows = np.flatnonzero(usable & (split == "train"))
@@ -168,11 +174,9 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
         rows = f"{config.augmented_copies}:{config.seed}:{train_rows.tolist()}"
         key = hashlib.sha256(rows.encode()).hexdigest()[:8]
         aug_file = feats_file.with_name(f"{feats_file.stem}_augmented_{key}.npy")
-        augmented = np.load(aug_file) if aug_file.exists() else None
-        if augmented is None or augmented.shape[:2] != (config.augmented_copies, len(train_rows)):
-            augmented = augmented_features(feature_extractor(model), crops[train_rows], config.augmented_copies,
-                                           config.seed)
-            np.save(aug_file, augmented)
+        augmented = cached_array(aug_file, (config.augmented_copies, len(train_rows)),
+                                 lambda: augmented_features(feature_extractor(model), crops[train_rows],
+                                                            config.augmented_copies, config.seed))
     head.train_head(model, feats, y[fit_rows], [position[r] for r in train_rows], [position[r] for r in val_rows],
                     config, weights, out_dir, augmented)
     finetune.finetune(model, crops, y, train_rows, val_rows, config, weights, out_dir)
