@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"calibration refitted on this file's outputs for {fit['cells']} validation cells: temperature "
               f"{before['temperature']} -> {fit['temperature']}, threshold {before['min_confidence']} -> "
               f"{fit['min_confidence']}")
+    elif not args.keep_calibration:
+        print(f"the run has no validation split (a cross-validated run): the file keeps the run's temperature "
+              f"{written['temperature']} and threshold {written.get('min_confidence')}, fitted out of fold")
     warn_if_input_clipped(out)
     return 0
 

@@ -209,6 +209,7 @@ def convert_run(run_dir: Path, variant: str, out: Path, calibration: Calibration
 
     With refit_calibration and a run whose splits.csv has validation rows, the file's temperature and
     threshold are refitted on its own outputs (convert.recalibrate); the run's stay in the metadata.
+    A cross-validated run (training.ensemble) has no validation rows: its files keep the run's values.
     """
     run_dir, out = Path(run_dir), Path(out)
     meta = read_run_metadata(run_dir)

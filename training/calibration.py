@@ -9,18 +9,32 @@ TARGET_ANSWERED_ACCURACY = 0.98
 TARGET_LEVEL = 0.9  # the threshold must reach the target in 90 % of resamples of the validation photographs
 
 
-def nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
-    """Mean negative log-likelihood of the true labels at a temperature."""
+def nll(logits: np.ndarray, y: np.ndarray, temperature: float, weights: np.ndarray | None = None) -> float:
+    """Mean (weighted, when weights are given) negative log-likelihood of the true labels at a temperature."""
     p = softmax(logits, temperature)
-    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))))
+    return float(-np.average(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)), weights=weights))
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature minimising validation NLL (log-spaced grid, then a finer grid)."""
+def group_weights(groups: np.ndarray | None, n: int) -> np.ndarray:
+    """Weight 1 / (images in its group) per image, so that every group (photograph) counts once."""
+    if groups is None:
+        return np.ones(n)
+    _, index, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+    return 1.0 / counts[index]
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> float:
+    """The temperature minimising validation NLL, each group counted once (log-spaced grid, then finer).
+
+    Copies of one photograph are not independent evidence: counted per image, the few photographs with
+    most copies set the temperature. For a five-fold ensemble head on m1's split, fitted per image it
+    came out 1.32 on nested out-of-fold training logits and 0.90 on validation; per photograph 0.87 and 0.98.
+    """
+    weights = group_weights(groups, len(y))
     grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 121))
-    best = min(grid, key=lambda t: nll(logits, y, t))
+    best = min(grid, key=lambda t: nll(logits, y, t, weights))
     fine = best * np.exp(np.linspace(-0.06, 0.06, 61))
-    return float(min(fine, key=lambda t: nll(logits, y, t)))
+    return float(min(fine, key=lambda t: nll(logits, y, t, weights)))
 
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
@@ -94,7 +108,7 @@ def choose_threshold(probs: np.ndarray, y: np.ndarray, target_accuracy: float = 
 
 def fit_calibration(logits: np.ndarray, y: np.ndarray, groups: np.ndarray | None) -> tuple[float, float]:
     """(temperature, answer threshold) from validation logits: the one rule for training and for each converted file."""
-    temperature = fit_temperature(logits, y)
+    temperature = fit_temperature(logits, y, groups)
     threshold = choose_threshold(softmax(logits, temperature), y, TARGET_ANSWERED_ACCURACY, groups=groups,
                                  level=TARGET_LEVEL)
     return temperature, threshold

@@ -19,11 +19,10 @@ def predict_logits(model, crops: np.ndarray, rows: np.ndarray, batch_size: int =
     return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
-def _split_report(name: str, frame: pd.DataFrame, y: np.ndarray, logits_by_row: dict[int, np.ndarray],
+def _split_report(name: str, rows: np.ndarray, y: np.ndarray, logits_by_row: dict[int, np.ndarray],
                   labels: list[str], temperature: float, threshold: float,
                   out_dir: Path) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
-    """Metrics and calibration of one split, and its risk-coverage curve (coverage, answered accuracy)."""
-    rows = np.flatnonzero(frame["split"].to_numpy() == name)
+    """Metrics and calibration of one split's rows, and its risk-coverage curve (coverage, answered accuracy)."""
     located = [r for r in rows if r in logits_by_row]
     y_all = y[rows]
     pred = np.array([int(np.argmax(logits_by_row[r])) if r in logits_by_row else -1 for r in rows])
@@ -49,27 +48,39 @@ def _split_report(name: str, frame: pd.DataFrame, y: np.ndarray, logits_by_row: 
 
 
 def evaluate_and_calibrate(model, crops: np.ndarray, y: np.ndarray, frame: pd.DataFrame, labels: list[str],
-                           out_dir: Path) -> dict:
-    """Fit temperature and threshold on validation, then report every split (TEST last, untouched before)."""
+                           out_dir: Path, out_of_fold: dict[int, np.ndarray] | None = None) -> dict:
+    """Fit temperature and threshold, then report every split (TEST last, untouched before).
+
+    They are fitted on the validation split, or, for a cross-validated run, on its out-of-fold logits of
+    the training rows (`out_of_fold`, reported as "cross_validation"; a given validation split is then
+    only reported).
+    """
     out_dir = Path(out_dir)
     usable = (frame["reason"] == "").to_numpy()
     split = frame["split"].to_numpy()
+    groups = frame["group"].fillna(frame["filepath"]).to_numpy()
     val_rows = np.flatnonzero(usable & (split == "val"))
-    val_logits = predict_logits(model, crops, val_rows)
-    val_groups = frame["group"].fillna(frame["filepath"]).to_numpy()[val_rows]
-    temperature, threshold = calibration.fit_calibration(val_logits, y[val_rows], val_groups)
-    logits_by_row = dict(zip(val_rows.tolist(), val_logits))
+    logits_by_row = dict(zip(val_rows.tolist(), predict_logits(model, crops, val_rows)))
+    if out_of_fold:
+        fitted_on, fit_rows = "cross_validation", np.array(sorted(out_of_fold))
+        logits_by_row.update(out_of_fold)
+    else:
+        fitted_on, fit_rows = "val", val_rows
+    temperature, threshold = calibration.fit_calibration(np.stack([logits_by_row[r] for r in fit_rows]),
+                                                         y[fit_rows], groups[fit_rows])
     test_rows = np.flatnonzero(usable & (split == "test"))
     logits_by_row.update(zip(test_rows.tolist(), predict_logits(model, crops, test_rows)))  # TEST: first touch
     report = {"labels": labels, "calibration": {"temperature": round(temperature, 4), "min_confidence": round(threshold, 4),
                                                 "target_answered_accuracy": TARGET_ANSWERED_ACCURACY,
                                                 "target_level": TARGET_LEVEL,
-                                                "fitted_on": "val"}, "splits": {}}
+                                                "fitted_on": fitted_on}, "splits": {}}
     curves, points, reliability = {}, {}, {}
-    for name in ("val", "test"):
-        if not (split == name).any():
+    parts = {"cross_validation": fit_rows if out_of_fold else np.array([], int),
+             "val": np.flatnonzero(split == "val"), "test": np.flatnonzero(split == "test")}
+    for name, rows in parts.items():
+        if len(rows) == 0:
             continue
-        part, curves[name] = _split_report(name, frame, y, logits_by_row, labels, temperature, threshold, out_dir)
+        part, curves[name] = _split_report(name, rows, y, logits_by_row, labels, temperature, threshold, out_dir)
         report["splits"][name] = part
         cal = part["calibration"]
         if cal["accuracy_answered_at_threshold"] is not None:

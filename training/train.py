@@ -44,6 +44,7 @@ class TrainConfig:
     views: int = 4  # rotations averaged inside the deployed model (training.model.with_rotation_views)
     feature_layers: tuple[str, ...] = FEATURE_LAYERS  # backbone layers pooled for the head (training.model)
     augmented_copies: int = 2  # augmented copies of each training crop whose features the head also learns from
+    folds: int = 1  # >1: no validation split; the head is the mean of this many fold heads (training.ensemble)
     crop_scale: float = CropSettings.crop_scale  # the crop's side over the nucleus's extent (stored in the model)
     min_crop_frac: float = CropSettings.min_crop_frac  # the crop's least side over the frame's short side
 
@@ -94,22 +95,31 @@ def photograph_groups(paths: list[str], labels: np.ndarray, settings: CropSettin
     return cached_array(cache, (len(paths),), lambda: recover_photographs(paths, labels, settings))
 
 
-def assign_validation(frame: pd.DataFrame, labels: np.ndarray, config: TrainConfig, cache_dir: Path) -> pd.DataFrame:
-    """Mark validation rows: the given 'val' split, else a grouped stratified split of 'train'."""
+def assign_groups(frame: pd.DataFrame, labels: np.ndarray, config: TrainConfig,
+                  cache_dir: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """(frame, group number per usable training row): the given 'group' column, else the recovered photographs."""
     frame = frame.copy()
-    if (frame["split"] == "val").any():
-        return frame
     train_idx = np.flatnonzero((frame["split"] == "train") & (frame["reason"] == ""))
     if frame["group"].notna().any():
         groups = pd.factorize(frame["group"].fillna(frame["filepath"]))[0][train_idx]
-        _log(f"validation split grouped by the given 'group' column ({len(np.unique(groups))} groups)")
-    else:
-        groups = photograph_groups(list(frame["filepath"].iloc[train_idx]), labels[train_idx], crop_settings(config),
-                                   cache_dir)
-        frame.loc[frame.index[train_idx], "group"] = [f"photo{g}" for g in groups]
-        sizes = np.bincount(groups)
-        _log(f"found {len(sizes)} photographs among the training images (copies per photograph: median "
-             f"{int(np.median(sizes))}, most {sizes.max()}; {int((sizes == 1).sum())} images matched none)")
+        frame.loc[frame.index[train_idx], "group"] = frame["group"].fillna(frame["filepath"]).iloc[train_idx]
+        _log(f"grouped by the given 'group' column ({len(np.unique(groups))} groups)")
+        return frame, groups
+    groups = photograph_groups(list(frame["filepath"].iloc[train_idx]), labels[train_idx], crop_settings(config),
+                               cache_dir)
+    frame.loc[frame.index[train_idx], "group"] = [f"photo{g}" for g in groups]
+    sizes = np.bincount(groups)
+    _log(f"found {len(sizes)} photographs among the training images (copies per photograph: median "
+         f"{int(np.median(sizes))}, most {sizes.max()}; {int((sizes == 1).sum())} images matched none)")
+    return frame, groups
+
+
+def assign_validation(frame: pd.DataFrame, labels: np.ndarray, config: TrainConfig, cache_dir: Path) -> pd.DataFrame:
+    """Mark validation rows: the given 'val' split, else a grouped stratified split of 'train'."""
+    if (frame["split"] == "val").any():
+        return frame.copy()
+    frame, groups = assign_groups(frame, labels, config, cache_dir)
+    train_idx = np.flatnonzero((frame["split"] == "train") & (frame["reason"] == ""))
     is_val = grouped_stratified_split(labels[train_idx], groups, config.val_fraction, config.seed)
     frame.loc[frame.index[train_idx[is_val]], "split"] = "val"
     return frame
@@ -121,7 +131,9 @@ def fit_colour_guard(crops: np.ndarray, frame: pd.DataFrame, settings: CropSetti
     usable = (frame["reason"] == "").to_numpy()
     stats = {name: np.array([crop_statistics(crops[r], settings) for r in np.flatnonzero(usable & (split == name))])
              for name in ("train", "val", "test") if (usable & (split == name)).any()}
-    guard = ColourGuard.fit(stats["train"], stats["val"])
+    # a cross-validated run has no validation split: the limit then comes from the training crops
+    # themselves (seven colour statistics over thousands of crops: in-sample makes little difference)
+    guard = ColourGuard.fit(stats["train"], stats.get("val", stats["train"]))
     flagged = {name: round(float(np.mean(guard.distance(s) > guard.max_distance)), 4) for name, s in stats.items()}
     return guard, {"max_distance": round(guard.max_distance, 3), "share_flagged": flagged}
 
@@ -131,7 +143,7 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
     import keras
     import tensorflow as tf
 
-    from training import evaluate, head, finetune
+    from training import ensemble, evaluate, finetune, head
     from training.features import (ROTATIONS, augmented_features, feature_extractor, features_cache_file,
                                    rotated_features)
     from training.model import build_model, with_rotation_views
@@ -158,11 +170,14 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
     feats = cached_array(feats_file, (ROTATIONS, len(fit_rows), model.get_layer("pool").output.shape[-1]),
                          lambda: rotated_features(feature_extractor(model), crops[fit_rows],
                                                   label="backbone features"))
-    frame = assign_validation(frame, y, config, cache_dir)
+    if config.folds > 1:  # every training photograph trains the head; a given 'val' split stays held out
+        frame, groups = assign_groups(frame, y, config, cache_dir)
+    else:
+        frame = assign_validation(frame, y, config, cache_dir)
     split = frame["split"].to_numpy()
     train_rows = np.flatnonzero(usable & (split == "train"))
     val_rows = np.flatnonzero(usable & (split == "val"))
-    if len(val_rows) == 0:
+    if len(val_rows) == 0 and config.folds <= 1:
         raise ValueError("no validation images: need at least two groups per class in the training data")
     _log(f"train {len(train_rows)} / validation {len(val_rows)} images")
     frame.drop(columns=["reason"]).to_csv(out_dir / "splits.csv", index=False)
@@ -177,13 +192,21 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
         augmented = cached_array(aug_file, (config.augmented_copies, len(train_rows)),
                                  lambda: augmented_features(feature_extractor(model), crops[train_rows],
                                                             config.augmented_copies, config.seed))
-    head.train_head(model, feats, y[fit_rows], [position[r] for r in train_rows], [position[r] for r in val_rows],
-                    config, weights, out_dir, augmented)
-    finetune.finetune(model, crops, y, train_rows, val_rows, config, weights, out_dir)
+    out_of_fold = None
+    if config.folds > 1:
+        _log(f"head: {config.folds} fold heads, averaged; calibration on nested out-of-fold logits "
+             "(no fine-tuning: it needs a validation split)")
+        logits = ensemble.train_ensemble_head(model, feats, y[fit_rows], np.array([position[r] for r in train_rows]),
+                                              groups, config, weights, out_dir, augmented)
+        out_of_fold = dict(zip(train_rows.tolist(), logits))
+    else:
+        head.train_head(model, feats, y[fit_rows], [position[r] for r in train_rows],
+                        [position[r] for r in val_rows], config, weights, out_dir, augmented)
+        finetune.finetune(model, crops, y, train_rows, val_rows, config, weights, out_dir)
     model.save(out_dir / "model.keras")
 
     report = evaluate.evaluate_and_calibrate(with_rotation_views(model, config.views), crops, y, frame,
-                                             labels_sorted, out_dir)
+                                             labels_sorted, out_dir, out_of_fold)
     guard, report["ood"] = fit_colour_guard(crops, frame, settings)
     metadata = {"ood": guard.to_dict(), "labels": labels_sorted, "input_size": config.input_size, "output": "logits", "views": config.views,
                 "crop": settings.to_dict(), "temperature": report["calibration"]["temperature"],
