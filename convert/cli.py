@@ -72,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
               f"{before['temperature']} -> {fit['temperature']}, threshold {before['min_confidence']} -> "
               f"{fit['min_confidence']}")
     elif not args.keep_calibration:
-        print(f"the run has no validation split (a cross-validated run): the file keeps the run's temperature "
-              f"{written['temperature']} and threshold {written.get('min_confidence')}, fitted out of fold")
+        cross_validated = int(meta.get("training", {}).get("config", {}).get("folds", 1)) > 1
+        print(f"the run has no validation images in splits.csv{' (a cross-validated run)' if cross_validated else ''}"
+              f": the file keeps the run's temperature {written['temperature']} and threshold "
+              f"{written.get('min_confidence')}")
     warn_if_input_clipped(out)
     return 0
 

@@ -24,7 +24,7 @@ from convert.input_fold import fold_input_scaling
 from convert.metadata_writer import embed_metadata
 from convert.recalibrate import refit, validation_images
 from edge_app.vision import CropSettings
-from training.model import with_rotation_views
+from training.model import custom_objects, with_rotation_views
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 # Layers kept in float in the int8 variant ("float stem"): the pixel scaling, Conv1 and the first
@@ -33,7 +33,7 @@ VARIANTS = ("float32", "float16", "dynamic", "int8")
 # with the tight-crop model, int8 without them still passes the parity gate on grouped validation
 # (99.21 % agreement, -0.32 pt, against 99.63 %, +0.00 pt) and is about 2.0x float32's speed
 # instead of 1.6x.
-FLOAT_STEM_LAYERS = ("scale_to_pm1", "/Conv1", "expanded_conv_")
+FLOAT_STEM_LAYERS = ("scale_to_pm1", "/Conv1", "expanded_conv_", "colour_statistics")
 # With the float stem, the head's ops stay float too: rounding the pooled features and the logits to
 # int8 (a step of about 0.1 logit) flipped close calls, and these ops cost next to nothing. The
 # concatenation of pooled layers would otherwise requantise features of different ranges to one scale.
@@ -99,7 +99,7 @@ def load_keras(run_dir: Path, meta: dict[str, Any]):
     if not path.is_file():
         raise ConversionError(f"{run_dir} has no model.keras")
     try:
-        model = keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False, custom_objects=custom_objects())
     except Exception as exc:  # keras raises many types for a bad archive
         raise ConversionError(f"{path}: Keras cannot load it: {exc}") from exc
     size = meta["input_size"]

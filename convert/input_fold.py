@@ -70,6 +70,12 @@ def fold_input_scaling(model):
     inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name)
     x = _constant_pad_layer(before, after, -offset / scale, name="pad_to_scaled_zero")(inputs)
     x = new_backbone(x)
+    colour = None
     for layer in layers[3:]:
-        x = layer(x)
+        if layer.name == "colour_statistics":  # reads the raw pixels, beside the backbone
+            colour = layer(inputs)
+        elif layer.name == "pooled_and_colour":
+            x = layer([x, colour])
+        else:
+            x = layer(x)
     return keras.Model(inputs, x, name=model.name)

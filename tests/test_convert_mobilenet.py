@@ -12,15 +12,24 @@ from convert_helpers import assets  # noqa: E402
 SIZE = 32
 
 
-@pytest.fixture(scope="module")
-def run_folder(tmp_path_factory):
+def _run_folder(tmp_path_factory, colour_statistics: bool):
     import keras
     from training.model import build_model
     keras.utils.set_random_seed(0)
     run = tmp_path_factory.mktemp("mobilenet_run")
-    build_model(len(LABELS), input_size=SIZE, weights=None).save(run / "model.keras")
+    build_model(len(LABELS), input_size=SIZE, weights=None, colour_statistics=colour_statistics).save(run / "model.keras")
     (run / "metadata.json").write_text(json.dumps(tiny_metadata(LABELS, SIZE)))
     return run
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    return _run_folder(tmp_path_factory, colour_statistics=True)
+
+
+@pytest.fixture(scope="module")
+def run_folder_backbone_only(tmp_path_factory):
+    return _run_folder(tmp_path_factory, colour_statistics=False)
 
 
 def convert(run, tmp_path_factory, *options) -> tuple[dict, list[tuple[str, str]]]:
@@ -38,8 +47,8 @@ def convert(run, tmp_path_factory, *options) -> tuple[dict, list[tuple[str, str]
     return read_model_metadata(out), ops
 
 
-def test_full_int8_reads_raw_pixels_without_a_quantised_rescaling(run_folder, tmp_path_factory):
-    meta, ops = convert(run_folder, tmp_path_factory)
+def test_full_int8_reads_raw_pixels_without_a_quantised_rescaling(run_folder_backbone_only, tmp_path_factory):
+    meta, ops = convert(run_folder_backbone_only, tmp_path_factory)
     assert meta["input_scaling"] == "folded into the first convolution"
     rotations = ("QUANTIZE", "TRANSPOSE", "REVERSE_V2", "CONCATENATION")
     first_compute = next(name for name, _ in ops if name not in rotations)
@@ -56,6 +65,9 @@ def test_float_stem_keeps_the_stem_and_the_head_float(run_folder, tmp_path_facto
     assert not [name for name, dtype in ops if name in meta["float_ops"] and dtype != "float32"]
     assert sum(1 for name, dtype in ops if name == "CONV_2D" and dtype == "int8") > 10
     assert ops[0][1] == "float32"  # the stem's first ops run in float
+    colour = [(name, dtype) for name, dtype in ops if name in ("ONE_HOT", "BATCH_MATMUL", "SQRT")]
+    assert {name for name, _ in colour} == {"ONE_HOT", "BATCH_MATMUL", "SQRT"}
+    assert all(dtype == "float32" for _, dtype in colour), colour  # the colour statistics stay float
 
 
 def test_float_blocks_keep_more_of_the_backbone_float(run_folder, tmp_path_factory):

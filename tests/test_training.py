@@ -142,7 +142,8 @@ def test_tiny_end_to_end_outputs_exist_and_load(tmp_path):
     for name in ("model.keras", "metadata.json", "history.csv", "report.json", "confusion_test.png",
                  "reliability.png", "risk_coverage.png", "splits.csv"):
         assert (out / name).is_file(), name
-    model = keras.models.load_model(out / "model.keras")
+    from training.model import custom_objects
+    model = keras.models.load_model(out / "model.keras", custom_objects=custom_objects())
     assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 2)
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["labels"] == sorted(CLASS_COLOURS) and meta["input_size"] == 32 and meta["output"] == "logits"
@@ -270,14 +271,33 @@ def test_threshold_is_stricter_when_errors_come_in_whole_photographs():
 
 def test_head_reads_the_pooled_feature_layers_and_the_backbone_stops_at_the_deepest():
     from training.model import FEATURE_LAYERS, backbone_of, build_model
-    model = build_model(4, input_size=32, weights="none")
+    model = build_model(4, input_size=32, weights="none", colour_statistics=False)
     assert model.get_layer("pool").output.shape[-1] == 192 + 576 and FEATURE_LAYERS[-1] == "block_13_expand_relu"
     names = {layer.name for layer in backbone_of(model).layers}
     assert "block_13_expand_relu" in names and "out_relu" not in names and "block_14_expand" not in names
-    classic = build_model(4, input_size=32, weights="none", feature_layers=("out_relu",))
+    classic = build_model(4, input_size=32, weights="none", feature_layers=("out_relu",), colour_statistics=False)
     assert classic.get_layer("pool").output.shape[-1] == 1280
     with pytest.raises(ValueError, match="not in the backbone"):
         build_model(4, input_size=32, weights="none", feature_layers=("block_99_relu",))
+
+
+def test_colour_statistics_are_the_crop_s_channel_moments_and_rgb_histogram():
+    """The in-graph statistics equal a plain numpy count on every 2nd pixel of every 2nd row."""
+    import keras
+    from training.model import COLOUR_FEATURES, build_model
+    model = build_model(4, input_size=32, weights="none")
+    assert model.get_layer("pool").output.shape[-1] == 192 + 576 + COLOUR_FEATURES
+    statistics = keras.Model(model.inputs, model.get_layer("colour_statistics").output)
+    crops = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype(np.float32)
+    crops[0] = 200.0  # one colour only: a single full bin, no spread
+    got = np.asarray(statistics(crops))
+    for crop, row in zip(crops, got):
+        pixels = crop[::2, ::2].reshape(-1, 3)
+        level = np.minimum(pixels // 64, 3).astype(int)  # 4 levels per channel
+        histogram = np.bincount(level[:, 0] * 16 + level[:, 1] * 4 + level[:, 2], minlength=64) / len(pixels)
+        expected = np.concatenate([pixels.mean(axis=0) / 255, pixels.std(axis=0) / 255, np.sqrt(histogram)])
+        np.testing.assert_allclose(row, expected, atol=1e-5)
+    assert got[0][6:].max() == pytest.approx(1.0) and np.count_nonzero(got[0][6:]) == 1
 
 
 def test_standardisation_folds_into_the_dense_layer_exactly():

@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augmented-copies", type=int, default=DEFAULTS.augmented_copies,
                         help="augmented copies of each training crop whose features the head also learns from "
                              "(default %(default)s; 0: clean crops only)")
+    parser.add_argument("--no-colour-statistics", dest="colour_statistics", action="store_false",
+                        help="the head reads the pooled backbone features only, not the crop's colour statistics")
     parser.add_argument("--folds", type=int, default=DEFAULTS.folds,
                         help="1: hold out a validation split (default); K>1: no split, the head is the mean of K "
                              "heads trained on K-1 folds of whole photographs each, calibrated out of fold, and "
@@ -59,7 +61,8 @@ def main(args: argparse.Namespace) -> int:
                          val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
                          views=args.views, crop_scale=args.crop_scale,
                          min_crop_frac=args.min_crop_frac, feature_layers=tuple(args.feature_layers),
-                         augmented_copies=args.augmented_copies, folds=args.folds)
+                         augmented_copies=args.augmented_copies, folds=args.folds,
+                         colour_statistics=args.colour_statistics)
     try:
         report = run_training(args.data, args.out, config, args.cache)
     except (DatasetError, WeightsError, ValueError) as exc:

@@ -44,6 +44,7 @@ class TrainConfig:
     views: int = 4  # rotations averaged inside the deployed model (training.model.with_rotation_views)
     feature_layers: tuple[str, ...] = FEATURE_LAYERS  # backbone layers pooled for the head (training.model)
     augmented_copies: int = 2  # augmented copies of each training crop whose features the head also learns from
+    colour_statistics: bool = True  # the head also reads the crop's colour statistics (training.model)
     folds: int = 1  # >1: no validation split; the head is the mean of this many fold heads (training.ensemble)
     crop_scale: float = CropSettings.crop_scale  # the crop's side over the nucleus's extent (stored in the model)
     min_crop_frac: float = CropSettings.min_crop_frac  # the crop's least side over the frame's short side
@@ -163,10 +164,12 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
     y = frame["label"].map({name: i for i, name in enumerate(labels_sorted)}).to_numpy()
     usable = (frame["reason"] == "").to_numpy()
 
-    model = build_model(len(labels_sorted), config.input_size, config.weights, config.dropout, config.feature_layers)
+    model = build_model(len(labels_sorted), config.input_size, config.weights, config.dropout, config.feature_layers,
+                        config.colour_statistics)
     fit_rows = np.flatnonzero(usable & (frame["split"] != "test").to_numpy())
     feats_file = features_cache_file(crop_cache_file(list(frame["filepath"]), settings, cache_dir), config.weights,
-                                     len(fit_rows), config.feature_layers)
+                                     len(fit_rows), config.feature_layers + (("colour_statistics",)
+                                                                             if config.colour_statistics else ()))
     feats = cached_array(feats_file, (ROTATIONS, len(fit_rows), model.get_layer("pool").output.shape[-1]),
                          lambda: rotated_features(feature_extractor(model), crops[fit_rows],
                                                   label="backbone features"))
