@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--float-blocks", type=int, default=0,
                         help="int8 with --float-stem: also keep the first N bottleneck blocks after the stem in "
                              "float (closer to float32, slower; default 0)")
+    parser.add_argument("--no-feature-correction", dest="feature_correction", action="store_false",
+                        help="int8 with --float-stem: do not correct the int8 backbone's per-channel error on the "
+                             "pooled features in the float head (fitted on the calibration crops)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         calibration = build_calibration_set(args.calib, crop_settings(meta), args.calib_count, args.seed)
     print(f"converting {args.run} to {args.quant} ...", file=sys.stderr, flush=True)
     written = convert_run(args.run, args.quant, out, calibration, args.io or "uint8", args.io_out or "float32",
-                          args.float_stem, args.float_blocks, refit_calibration=not args.keep_calibration)
+                          args.float_stem, args.float_blocks, refit_calibration=not args.keep_calibration,
+                          feature_correction=args.feature_correction)
     from edge_app.model import Classifier
     classifier = Classifier(out, threads=1)  # proves the device runtime can load it
     print(f"wrote {out}: {args.quant}, {os.path.getsize(out) / 1e6:.2f} MB, "

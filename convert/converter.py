@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from convert.bias_correction import correct_for_int8
+from convert.feature_correction import fit_channel_lines, fold_into_dense, head_inputs
 from convert.calibration import CalibrationSet
 from convert.input_fold import fold_input_scaling
 from convert.metadata_writer import embed_metadata
@@ -204,8 +205,12 @@ def stays_float(layer_name: str, layers: tuple[str, ...] = FLOAT_STEM_LAYERS) ->
 
 def convert_run(run_dir: Path, variant: str, out: Path, calibration: CalibrationSet | None = None,
                 io_input: str = "uint8", io_output: str = "float32", float_stem: bool = False,
-                float_blocks: int = 0, refit_calibration: bool = True) -> dict[str, Any]:
+                float_blocks: int = 0, refit_calibration: bool = True,
+                feature_correction: bool = True) -> dict[str, Any]:
     """Convert a run folder to `out` and return the metadata written into the file.
+
+    int8 with a float stem also corrects the int8 backbone's per-channel error on the pooled features
+    in the float head (convert.feature_correction), unless feature_correction is False.
 
     With refit_calibration and a run whose splits.csv has validation rows, the file's temperature and
     threshold are refitted on its own outputs (convert.recalibrate); the run's stay in the metadata.
@@ -224,9 +229,19 @@ def convert_run(run_dir: Path, variant: str, out: Path, calibration: Calibration
     folded = fold_input_scaling(model) if variant == "int8" and not float_stem else None
     if folded is not None:
         model = folded
+    head = model.get_layer("logits")
     model = with_rotation_views(model, int(meta.get("views", 1)))
     data = convert_model(model, variant, meta["input_size"], calibration, io_input, io_output, float_stem,
                          float_blocks)
+    corrected_channels = 0
+    if float_stem and feature_correction and calibration is not None:
+        reference = convert_model(with_rotation_views(load_keras(run_dir, meta), int(meta.get("views", 1))),
+                                  "float32", meta["input_size"])
+        gain, offset = fit_channel_lines(head_inputs(data, calibration.crops), head_inputs(reference, calibration.crops))
+        head.set_weights(list(fold_into_dense(*head.get_weights(), gain, offset)))
+        data = convert_model(model, variant, meta["input_size"], calibration, io_input, io_output, float_stem,
+                             float_blocks)  # the same int8 backbone: only the float head changed
+        corrected_channels = len(gain)
     io = {"input": "float32", "output": "float32"} if float_stem else io_types(variant, io_input, io_output)
     written = tflite_metadata(meta, variant, io, file_sha256(run_dir / "model.keras"),
                               calibration if variant == "int8" else None)
@@ -235,6 +250,9 @@ def convert_run(run_dir: Path, variant: str, out: Path, calibration: Calibration
         written["float_ops"] = list(FLOAT_HEAD_OPS)
     if corrected:
         written["bias_corrected_layers"] = corrected
+    if corrected_channels:
+        written["feature_correction"] = {"channels": corrected_channels, "crops": len(calibration.crops),
+                                         "fitted": "int8 -> float32 pooled features, per channel"}
     if folded is not None:
         written["input_scaling"] = "folded into the first convolution"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -76,3 +76,39 @@ def test_float_blocks_keep_more_of_the_backbone_float(run_folder, tmp_path_facto
     assert meta["float_layers"][-2:] == ["/block_1_", "/block_2_"]
     float_convs = lambda found: sum(1 for name, dtype in found if name == "CONV_2D" and dtype == "float32")  # noqa: E731
     assert float_convs(ops) == float_convs(stem_only) + 4  # expand and project of block_1 and block_2
+
+
+def test_float_stem_int8_corrects_the_pooled_features_in_the_head(run_folder, tmp_path_factory):
+    """The per-channel correction brings int8's logits closer to float32's; the int8 backbone is unchanged."""
+    from convert.calibration import build_calibration_set
+    from convert.feature_correction import head_inputs
+    from edge_app.metadata import read_model_metadata
+    from edge_app.model import interpreter_class
+    from edge_app.vision import CropSettings
+    from hemato.cli import main as hemato
+    train = assets(tmp_path_factory)["train"]
+    out = tmp_path_factory.mktemp("corrected")
+    common = ["--calib", str(train), "--calib-count", "16", "--float-stem"]
+    assert hemato(["convert", str(run_folder), "--quant", "float32", "--out", str(out / "f32.tflite")]) == 0
+    assert hemato(["convert", str(run_folder), "--quant", "int8", *common, "--no-feature-correction",
+                   "--out", str(out / "plain.tflite")]) == 0
+    assert hemato(["convert", str(run_folder), "--quant", "int8", *common, "--out", str(out / "corrected.tflite")]) == 0
+    assert read_model_metadata(out / "corrected.tflite")["feature_correction"]["crops"] == 16
+    assert "feature_correction" not in read_model_metadata(out / "plain.tflite")
+    crops = build_calibration_set(train, CropSettings(input_size=SIZE), 16, 0).crops
+
+    def logits(name):
+        interpreter = interpreter_class()[0](model_path=str(out / f"{name}.tflite"))
+        interpreter.allocate_tensors()
+        rows = []
+        for crop in crops:
+            interpreter.set_tensor(interpreter.get_input_details()[0]["index"], crop[None].astype(np.float32))
+            interpreter.invoke()
+            rows.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0])
+        return np.array(rows)
+
+    reference = logits("f32")
+    error = {name: np.abs(logits(name) - reference).mean() for name in ("plain", "corrected")}
+    assert error["corrected"] < error["plain"], error
+    np.testing.assert_allclose(head_inputs((out / "corrected.tflite").read_bytes(), crops[:4]),
+                               head_inputs((out / "plain.tflite").read_bytes(), crops[:4]), atol=1e-5)

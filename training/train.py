@@ -21,7 +21,7 @@ from edge_app.vision import CropSettings, crop_statistics
 from training.crops import cache_key, cached_crops, crop_cache_file
 from training.data import class_counts, read_dataset
 from training.groups import grouped_stratified_split
-from training.model import FEATURE_LAYERS
+from training.model import COLOUR_LEVELS, COLOUR_STRIDE, FEATURE_LAYERS
 from training.photographs import localisation_only, recover_photographs
 
 
@@ -48,6 +48,9 @@ class TrainConfig:
     folds: int = 1  # >1: no validation split; the head is the mean of this many fold heads (training.ensemble)
     crop_scale: float = CropSettings.crop_scale  # the crop's side over the nucleus's extent (stored in the model)
     min_crop_frac: float = CropSettings.min_crop_frac  # the crop's least side over the frame's short side
+
+
+COLOUR_CACHE_TAG = f"colour_statistics_{COLOUR_STRIDE}_{COLOUR_LEVELS}"  # cached features change with them
 
 
 def crop_settings(config: TrainConfig) -> CropSettings:
@@ -168,7 +171,7 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
                         config.colour_statistics)
     fit_rows = np.flatnonzero(usable & (frame["split"] != "test").to_numpy())
     feats_file = features_cache_file(crop_cache_file(list(frame["filepath"]), settings, cache_dir), config.weights,
-                                     len(fit_rows), config.feature_layers + (("colour_statistics",)
+                                     len(fit_rows), config.feature_layers + ((COLOUR_CACHE_TAG,)
                                                                              if config.colour_statistics else ()))
     feats = cached_array(feats_file, (ROTATIONS, len(fit_rows), model.get_layer("pool").output.shape[-1]),
                          lambda: rotated_features(feature_extractor(model), crops[fit_rows],
