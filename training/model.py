@@ -62,12 +62,14 @@ def colour_statistics_layer():
     main confusion, and globally pooled backbone features keep little of it: on the photograph split a
     linear head on these 70 numbers and the pooled features scored 91.2 / 90.9 % against 86.8 / 87.2 %
     (two seeds). Inside the graph, so every runtime computes it from the same crop, with ops XNNPACK
-    runs (sub, mul, clamp, mean): a pixel's level indicators are differences of 0/1 steps, exact for
-    integer pixel values.
+    runs (sub, mul, clamp, abs, mean): a pixel's level is a sum of 0/1 steps, exact for integer pixel
+    values. This form (a bin index, then one 0/1 per bin) runs in 0.49 ms for a crop's
+    four views at one thread, where an outer product of per-channel indicators took 1.8 ms.
     """
     import math
 
     import keras
+    import numpy as np
     from keras import ops
 
     class ColourStatistics(keras.layers.Layer):
@@ -87,15 +89,13 @@ def colour_statistics_layer():
             mean = ops.mean(scaled, axis=1)
             centred = scaled - mean[:, None, :]
             spread = ops.sqrt(ops.mean(centred * centred, axis=1))
-            # step k is 1 where floor(pixel * levels / 255) >= k: exactly 0 or 1 for integer pixels
-            steps = [ops.clip((pixels - (math.ceil(255 * k / levels) - 0.5)) * 2.0, 0.0, 1.0)
-                     for k in range(1, levels)]
-            steps = [ops.ones_like(pixels)] + steps + [ops.zeros_like(pixels)]
-            level = ops.stack([steps[k] - steps[k + 1] for k in range(levels)], axis=-1)  # (B, P, 3, levels)
-            red, green, blue = level[:, :, 0, :], level[:, :, 1, :], level[:, :, 2, :]
-            red_green = ops.reshape(red[:, :, :, None] * green[:, :, None, :], (n, -1, levels * levels))
-            bins = ops.reshape(red_green[:, :, :, None] * blue[:, :, None, :], (n, -1, levels ** 3))
-            histogram = ops.mean(bins, axis=1)  # bin red*levels^2 + green*levels + blue
+            # step k is 1 where floor(pixel * levels / 255) >= k: exactly 0 or 1 for integer pixels, and
+            # their sum is the pixel's level; the bin (red*levels^2 + green*levels + blue) is an exact integer
+            level = sum(ops.clip((pixels - (math.ceil(255 * k / levels) - 0.5)) * 2.0, 0.0, 1.0)
+                        for k in range(1, levels))
+            index = ops.sum(level * np.array([levels * levels, levels, 1], np.float32), axis=-1, keepdims=True)
+            in_bin = ops.clip(1.0 - ops.abs(index - np.arange(levels ** 3, dtype=np.float32)), 0.0, 1.0)
+            histogram = ops.mean(in_bin, axis=1)
             return ops.concatenate([mean, spread, ops.sqrt(histogram)], axis=-1)
 
         def compute_output_shape(self, input_shape):
