@@ -282,7 +282,7 @@ def test_head_reads_the_pooled_feature_layers_and_the_backbone_stops_at_the_deep
 
 
 def test_colour_statistics_are_the_crop_s_channel_moments_and_rgb_histogram():
-    """The in-graph statistics equal a plain numpy count on every 4th pixel of every 4th row."""
+    """The in-graph statistics equal a plain numpy count on every 8th pixel of every 8th row."""
     import keras
     from training.model import COLOUR_FEATURES, build_model
     model = build_model(4, input_size=32, weights="none")
@@ -292,7 +292,7 @@ def test_colour_statistics_are_the_crop_s_channel_moments_and_rgb_histogram():
     crops[0] = 200.0  # one colour only: a single full bin, no spread
     got = np.asarray(statistics(crops))
     for crop, row in zip(crops, got):
-        pixels = crop[::4, ::4].reshape(-1, 3)
+        pixels = crop[::8, ::8].reshape(-1, 3)
         level = np.minimum(pixels // 64, 3).astype(int)  # 4 levels per channel
         histogram = np.bincount(level[:, 0] * 16 + level[:, 1] * 4 + level[:, 2], minlength=64) / len(pixels)
         expected = np.concatenate([pixels.mean(axis=0) / 255, pixels.std(axis=0) / 255, np.sqrt(histogram)])
