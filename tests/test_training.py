@@ -139,7 +139,7 @@ def test_tiny_end_to_end_outputs_exist_and_load(tmp_path):
     data = write_dataset(tmp_path / "data")
     out = tmp_path / "run"
     report = _train(data, out, crop_scale=1.6, min_crop_frac=0.35)
-    for name in ("model.keras", "metadata.json", "history.csv", "report.json", "confusion_test.png",
+    for name in ("model.keras", "metadata.json", "history.csv", "head_history.csv", "report.json", "confusion_test.png",
                  "reliability.png", "risk_coverage.png", "splits.csv"):
         assert (out / name).is_file(), name
     from training.model import custom_objects

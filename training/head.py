@@ -34,9 +34,11 @@ def view_logits(feats: np.ndarray, pos, kernel: np.ndarray, bias: np.ndarray) ->
 
 
 def fit_dense(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, config,
-              class_weight: dict[int, float] | None, units: int, verbose: int = 2) -> tuple[np.ndarray, np.ndarray]:
+              class_weight: dict[int, float] | None, units: int, verbose: int = 2,
+              log_csv: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Dropout + dense weights (kernel, bias) on raw features, early-stopped on the validation rows' loss.
 
+    log_csv, when given, receives one row per epoch (keras.callbacks.CSVLogger).
     Features are standardised with the training rows' mean and spread (the pooled layers differ in
     scale), and the standardisation is folded into the returned weights.
     """
@@ -48,9 +50,11 @@ def fit_dense(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val
     head = keras.Model(inputs, outputs)
     head.compile(optimizer=keras.optimizers.Adam(config.head_lr),
                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)
+    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)]
+    if log_csv is not None:
+        callbacks.append(keras.callbacks.CSVLogger(str(log_csv)))
     head.fit((x_train - mean) / std, y_train, validation_data=((x_val - mean) / std, y_val),
-             epochs=config.head_epochs, batch_size=256, class_weight=class_weight, callbacks=[stop], verbose=verbose)
+             epochs=config.head_epochs, batch_size=256, class_weight=class_weight, callbacks=callbacks, verbose=verbose)
     return fold_standardisation(*head.layers[-1].get_weights(), mean, std)
 
 
@@ -62,7 +66,7 @@ def train_head(model, feats: np.ndarray, y: np.ndarray, train_pos: list[int], va
     feats is (rotations, N, D) and y (N,) in the same row order; train_pos/val_pos index
     both. `augmented` (copies, len(train_pos), D) adds features of augmented training crops. The
     fitted weights are copied into model's "logits" layer and saved to
-    head.weights.npz so a restarted run skips this phase.
+    head.weights.npz so a restarted run skips this phase; its epochs go to head_history.csv.
     """
     saved = Path(out_dir) / "head.weights.npz"
     logits = model.get_layer("logits")
@@ -73,7 +77,7 @@ def train_head(model, feats: np.ndarray, y: np.ndarray, train_pos: list[int], va
         return
     print("head: training the classifier on frozen backbone features", file=sys.stderr)
     kernel, bias = fit_dense(*stacked_views(feats, y, train_pos, augmented), *stacked_views(feats, y, val_pos),
-                             config, class_weight, logits.units)
+                             config, class_weight, logits.units, log_csv=Path(out_dir) / "head_history.csv")
     logits.set_weights([kernel, bias])
     np.savez(saved, kernel=kernel, bias=bias)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -210,6 +211,8 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
                         [position[r] for r in val_rows], config, weights, out_dir, augmented)
         finetune.finetune(model, crops, y, train_rows, val_rows, config, weights, out_dir)
     model.save(out_dir / "model.keras")
+    if not (out_dir / "history.csv").exists() and (out_dir / "head_history.csv").exists():
+        shutil.copyfile(out_dir / "head_history.csv", out_dir / "history.csv")  # no fine-tuning: the head's epochs
 
     report = evaluate.evaluate_and_calibrate(with_rotation_views(model, config.views), crops, y, frame,
                                              labels_sorted, out_dir, out_of_fold)
