@@ -198,6 +198,13 @@ def io_types(variant: str, io_input: str, io_output: str) -> dict[str, str]:
         {"input": "float32", "output": "float32"}
 
 
+def _dense_head(model):
+    """The model's last Dense layer (build_model's "logits"), or None: where the feature correction folds in."""
+    import keras
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    return dense[-1] if dense else None
+
+
 def stays_float(layer_name: str, layers: tuple[str, ...] = FLOAT_STEM_LAYERS) -> bool:
     """Whether a Keras layer of the backbone is one of `layers` (kept float by --float-stem)."""
     return any(layer_name.startswith(key.lstrip("/")) for key in layers)
@@ -229,12 +236,12 @@ def convert_run(run_dir: Path, variant: str, out: Path, calibration: Calibration
     folded = fold_input_scaling(model) if variant == "int8" and not float_stem else None
     if folded is not None:
         model = folded
-    head = model.get_layer("logits")
+    head = _dense_head(model)
     model = with_rotation_views(model, int(meta.get("views", 1)))
     data = convert_model(model, variant, meta["input_size"], calibration, io_input, io_output, float_stem,
                          float_blocks)
     corrected_channels = 0
-    if float_stem and feature_correction and calibration is not None:
+    if float_stem and feature_correction and calibration is not None and head is not None:
         reference = convert_model(with_rotation_views(load_keras(run_dir, meta), int(meta.get("views", 1))),
                                   "float32", meta["input_size"])
         gain, offset = fit_channel_lines(head_inputs(data, calibration.crops), head_inputs(reference, calibration.crops))
