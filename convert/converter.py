@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from convert.bias_correction import correct_for_int8
-from convert.feature_correction import fit_channel_lines, fold_into_dense, head_inputs
+from convert.feature_correction import fit_channel_lines, head_inputs
 from convert.calibration import CalibrationSet
 from convert.input_fold import fold_input_scaling
 from convert.metadata_writer import embed_metadata
 from convert.recalibrate import refit, validation_images
 from edge_app.vision import CropSettings
+from training.head import fold_affine_input
 from training.model import custom_objects, with_rotation_views
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
@@ -237,15 +238,16 @@ def convert_run(run_dir: Path, variant: str, out: Path, calibration: Calibration
     if folded is not None:
         model = folded
     head = _dense_head(model)
-    model = with_rotation_views(model, int(meta.get("views", 1)))
+    views = int(meta.get("views", 1))
+    model = with_rotation_views(model, views)
     data = convert_model(model, variant, meta["input_size"], calibration, io_input, io_output, float_stem,
                          float_blocks)
     corrected_channels = 0
     if float_stem and feature_correction and calibration is not None and head is not None:
-        reference = convert_model(with_rotation_views(load_keras(run_dir, meta), int(meta.get("views", 1))),
-                                  "float32", meta["input_size"])
+        # the float32 reference from a fresh copy: correct_for_int8 has changed this model's backbone
+        reference = convert_model(with_rotation_views(load_keras(run_dir, meta), views), "float32", meta["input_size"])
         gain, offset = fit_channel_lines(head_inputs(data, calibration.crops), head_inputs(reference, calibration.crops))
-        head.set_weights(list(fold_into_dense(*head.get_weights(), gain, offset)))
+        head.set_weights(list(fold_affine_input(*head.get_weights(), gain, offset)))
         data = convert_model(model, variant, meta["input_size"], calibration, io_input, io_output, float_stem,
                              float_blocks)  # the same int8 backbone: only the float head changed
         corrected_channels = len(gain)

@@ -7,11 +7,16 @@ from pathlib import Path
 import numpy as np
 
 
+def fold_affine_input(kernel: np.ndarray, bias: np.ndarray, gain: np.ndarray,
+                      offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense weights on raw features x equal to (kernel, bias) on gain * x + offset: no extra op in the graph."""
+    return (kernel * gain[:, None]).astype(np.float32), (bias + offset @ kernel).astype(np.float32)
+
+
 def fold_standardisation(kernel: np.ndarray, bias: np.ndarray, mean: np.ndarray,
                          std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Dense weights on raw features equal to (kernel, bias) on standardised ones: no extra op in the graph."""
-    scaled = kernel / std[:, None]
-    return scaled.astype(np.float32), (bias - mean @ scaled).astype(np.float32)
+    """Dense weights on raw features equal to (kernel, bias) on standardised ones, (x - mean) / std."""
+    return fold_affine_input(kernel, bias, 1.0 / std, -mean / std)
 
 
 def stacked_views(feats: np.ndarray, y: np.ndarray, pos, augmented: np.ndarray | None = None

@@ -61,9 +61,9 @@ def colour_statistics_layer():
     Granule colour is what separates eosinophils (orange-red) from neutrophils (lilac), the model's
     main confusion, and globally pooled backbone features keep little of it: on the photograph split a
     linear head on these 70 numbers and the pooled features scored 90.2 / 90.9 % (every 2nd pixel:
-    91.2 / 90.9 %) against 86.8 / 87.2 % (two seeds). Inside the graph, so every runtime computes it from the same crop, with ops XNNPACK
-    runs (sub, mul, clamp, abs, mean): a pixel's level is a sum of 0/1 steps, exact for integer pixel
-    values. On every 4th pixel this form (a bin index, then one 0/1 per bin) took 0.49 ms for a crop's
+    91.2 / 90.9 %) against 86.8 / 87.2 % (two seeds). Inside the graph, so every runtime computes it
+    from the same crop, with ops XNNPACK runs (sub, mul, clamp, abs, mean): a pixel's level is a sum
+    of 0/1 steps, exact for integer pixel values. On every 4th pixel this form (a bin index, then one 0/1 per bin) took 0.49 ms for a crop's
     four views at one thread, an outer product of per-channel indicators 1.8 ms; on every 8th pixel
     (a quarter of the pixels; not timed alone) m5's int8 file ran at 1.81x its float32 file's speed.
     """
