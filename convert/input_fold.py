@@ -67,15 +67,8 @@ def fold_input_scaling(model):
     bias = offset * kernel.sum(axis=(0, 1, 2))
     folded_conv.set_weights([(kernel * scale).astype(np.float32), bias.astype(np.float32)])
 
-    inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name)
-    x = _constant_pad_layer(before, after, -offset / scale, name="pad_to_scaled_zero")(inputs)
-    x = new_backbone(x)
-    colour = None
-    for layer in layers[3:]:
-        if layer.name == "colour_statistics":  # reads the raw pixels, beside the backbone
-            colour = layer(inputs)
-        elif layer.name == "pooled_and_colour":
-            x = layer([x, colour])
-        else:
-            x = layer(x)
-    return keras.Model(inputs, x, name=model.name)
+    pad = _constant_pad_layer(before, after, -offset / scale, name="pad_to_scaled_zero")
+    # the same graph with the Rescaling replaced by the pad and the backbone by its folded copy;
+    # every other layer (the head, and any branch reading the raw pixels) is reused as it is
+    replaced = {id(scaling): pad, id(backbone): new_backbone}
+    return keras.models.clone_model(model, clone_function=lambda layer: replaced.get(id(layer), layer))
