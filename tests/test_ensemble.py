@@ -41,7 +41,7 @@ def test_nested_out_of_fold_logits_come_from_heads_that_never_saw_the_group(monk
     feats = np.stack([groups.astype(np.float32), y.astype(np.float32), np.ones(len(y), np.float32)], axis=1)[None]
     log = []
 
-    def fake_fit_dense(x_train, y_train, x_val, y_val, config, class_weight, units, verbose=2):
+    def fake_fit_dense(x_train, y_train, x_val, y_val, config, class_weight, units, verbose=2, log_csv=None):
         log.append(("fit", set(x_train[:, 0].astype(int)) | set(x_val[:, 0].astype(int))))
         return np.zeros((3, units), np.float32), np.zeros(units, np.float32)
 
@@ -78,5 +78,8 @@ def test_cross_validated_run_has_no_validation_split_and_calibrates_out_of_fold(
     assert np.load(out / "out_of_fold_logits.npy").shape == (24, 2)
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["training"]["config"]["folds"] == 2
+    history = pd.read_csv(out / "history.csv")  # the shipped heads' epochs, one block per fold
+    assert sorted(history["fold"].unique()) == [1, 2] and {"loss", "val_loss"} <= set(history.columns)
+    assert not list(out.glob("head_history_fold*.csv"))
     again = _train(data, out, folds=2, augmented_copies=0)  # restarts from the saved ensemble
     assert again["calibration"] == report["calibration"]

@@ -8,6 +8,7 @@ the other folds (itself of `folds` heads) predicts it.
 """
 from __future__ import annotations
 
+import csv
 import sys
 from pathlib import Path
 
@@ -19,10 +20,11 @@ from training.head import fit_dense, stacked_views, view_logits
 
 def mean_head_of_folds(feats: np.ndarray, y: np.ndarray, pos: np.ndarray, groups: np.ndarray, config,
                        class_weight: dict[int, float] | None, units: int, augmented: np.ndarray | None,
-                       seed: int, label: str) -> tuple[np.ndarray, np.ndarray]:
+                       seed: int, label: str, history_csv: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(kernel, bias): the mean of `config.folds` heads, each early-stopped on its held-out fold of rows `pos`.
 
     augmented, when given, is (copies, len(pos), D) in pos's order; held-out folds use clean crops only.
+    history_csv, when given, receives every head's epochs, with a "fold" column.
     """
     fold = grouped_stratified_folds(y[pos], groups, config.folds, seed)
     kernels, biases = [], []
@@ -31,10 +33,29 @@ def mean_head_of_folds(feats: np.ndarray, y: np.ndarray, pos: np.ndarray, groups
         print(f"{label}: head {f + 1}/{config.folds} ({fit.sum()} images, stopping on {held.sum()})",
               file=sys.stderr, flush=True)
         train = stacked_views(feats, y, pos[fit], None if augmented is None else augmented[:, fit])
-        kernel, bias = fit_dense(*train, *stacked_views(feats, y, pos[held]), config, class_weight, units, verbose=0)
+        fold_csv = None if history_csv is None else history_csv.with_name(f"{history_csv.stem}_fold{f + 1}.csv")
+        kernel, bias = fit_dense(*train, *stacked_views(feats, y, pos[held]), config, class_weight, units, verbose=0,
+                                 log_csv=fold_csv)
         kernels.append(kernel)
         biases.append(bias)
+    if history_csv is not None:
+        merge_fold_histories(history_csv, config.folds)
     return np.mean(kernels, axis=0), np.mean(biases, axis=0)
+
+
+def merge_fold_histories(history_csv: Path, folds: int) -> None:
+    """Join the per-fold epoch logs (<stem>_fold<k>.csv) into history_csv with a leading "fold" column."""
+    parts = [history_csv.with_name(f"{history_csv.stem}_fold{f + 1}.csv") for f in range(folds)]
+    with open(history_csv, "w", newline="") as out:
+        writer = None
+        for fold, part in enumerate(parts, start=1):
+            with open(part, newline="") as handle:
+                for row in csv.DictReader(handle):
+                    if writer is None:
+                        writer = csv.DictWriter(out, ["fold", *row])
+                        writer.writeheader()
+                    writer.writerow({"fold": fold, **row})
+            part.unlink()
 
 
 def nested_out_of_fold_logits(feats: np.ndarray, y: np.ndarray, pos: np.ndarray, groups: np.ndarray, config,
@@ -70,7 +91,7 @@ def train_ensemble_head(model, feats: np.ndarray, y: np.ndarray, pos: np.ndarray
                                                augmented)
     np.save(saved_logits, out_of_fold)
     kernel, bias = mean_head_of_folds(feats, y, pos, groups, config, class_weight, logits_layer.units, augmented,
-                                      config.seed, "shipped ensemble")
+                                      config.seed, "shipped ensemble", Path(out_dir) / "head_history.csv")
     logits_layer.set_weights([kernel, bias])
     np.savez(saved, kernel=kernel, bias=bias)
     return out_of_fold
