@@ -28,24 +28,24 @@ def mean_head_of_folds(feats: np.ndarray, y: np.ndarray, pos: np.ndarray, groups
     """
     fold = grouped_stratified_folds(y[pos], groups, config.folds, seed)
     kernels, biases = [], []
+    fold_csvs = [None if history_csv is None else history_csv.with_name(f"{history_csv.stem}_fold{f + 1}.csv")
+                 for f in range(config.folds)]
     for f in range(config.folds):
         fit, held = fold != f, fold == f
         print(f"{label}: head {f + 1}/{config.folds} ({fit.sum()} images, stopping on {held.sum()})",
               file=sys.stderr, flush=True)
         train = stacked_views(feats, y, pos[fit], None if augmented is None else augmented[:, fit])
-        fold_csv = None if history_csv is None else history_csv.with_name(f"{history_csv.stem}_fold{f + 1}.csv")
         kernel, bias = fit_dense(*train, *stacked_views(feats, y, pos[held]), config, class_weight, units, verbose=0,
-                                 log_csv=fold_csv)
+                                 log_csv=fold_csvs[f])
         kernels.append(kernel)
         biases.append(bias)
     if history_csv is not None:
-        merge_fold_histories(history_csv, config.folds)
+        merge_fold_histories(history_csv, fold_csvs)
     return np.mean(kernels, axis=0), np.mean(biases, axis=0)
 
 
-def merge_fold_histories(history_csv: Path, folds: int) -> None:
-    """Join the per-fold epoch logs (<stem>_fold<k>.csv) into history_csv with a leading "fold" column."""
-    parts = [history_csv.with_name(f"{history_csv.stem}_fold{f + 1}.csv") for f in range(folds)]
+def merge_fold_histories(history_csv: Path, parts: list[Path]) -> None:
+    """Join the per-fold epoch logs `parts` (fold 1 first) into history_csv with a leading "fold" column, then delete them."""
     with open(history_csv, "w", newline="") as out:
         writer = None
         for fold, part in enumerate(parts, start=1):
