@@ -45,7 +45,7 @@ def mean_head_of_folds(feats: np.ndarray, y: np.ndarray, pos: np.ndarray, groups
 
 
 def merge_fold_histories(history_csv: Path, parts: list[Path]) -> None:
-    """Join the per-fold epoch logs `parts` (fold 1 first) into history_csv with a leading "fold" column, then delete them."""
+    """Join the per-fold epoch logs `parts` (fold 1 first) into history_csv with a "fold" column; delete the parts."""
     with open(history_csv, "w", newline="") as out:
         writer = None
         for fold, part in enumerate(parts, start=1):
