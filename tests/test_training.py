@@ -310,6 +310,34 @@ def test_standardisation_folds_into_the_dense_layer_exactly():
     np.testing.assert_allclose(x @ folded_kernel + folded_bias, ((x - mean) / std) @ kernel + bias, rtol=1e-4, atol=1e-4)
 
 
+def test_spread_floor_keeps_a_dead_channel_from_getting_a_huge_weight():
+    """A channel nearly constant on the training rows is divided by the floor, not by ~1e-6."""
+    from training.head import standardised_spread
+    rng = np.random.default_rng(0)
+    x = np.column_stack([rng.normal(0, 1.0, 200), rng.normal(0, 0.5, 200), np.full(200, 0.2)])
+    x[0, 2] += 1e-5  # almost dead
+    unfloored = standardised_spread(x, 0.0)
+    floored = standardised_spread(x, 1.0)
+    assert unfloored[2] < 1e-5  # m5's and m6's behaviour: a gain of about 1e5
+    median = float(np.median(x.std(axis=0)))
+    np.testing.assert_allclose(floored, np.maximum(x.std(axis=0), median) + 1e-6)
+    assert floored[2] == pytest.approx(median, rel=1e-4) and floored[0] == pytest.approx(x[:, 0].std(), rel=1e-4)
+
+
+def test_train_cli_passes_the_spread_floor(tmp_path, monkeypatch):
+    import training.train as train
+    from hemato.cli import main as hemato
+    seen = {}
+
+    def fake_run_training(source, out, config, cache):
+        seen["config"] = config
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(train, "run_training", fake_run_training)
+    assert hemato(["train", str(tmp_path), "--min-spread", "0.5"]) == 2
+    assert seen["config"].min_spread == 0.5
+
+
 def test_feature_cache_is_keyed_by_the_pooled_layers(tmp_path):
     from training.features import features_cache_file
     crops = tmp_path / "crops_224_abc.npz"

@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-from", default=DEFAULTS.finetune_from, help="first backbone layer to unfreeze")
     parser.add_argument("--finetune-lr", type=float, default=DEFAULTS.finetune_lr)
     parser.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
+    parser.add_argument("--min-spread", type=float, default=DEFAULTS.min_spread,
+                        help="floor on each feature's spread when the head standardises it, as a multiple of the "
+                             "median feature's spread (default %(default)s; 0: none, as m5 and m6)")
     parser.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction)
     parser.add_argument("--patience", type=int, default=DEFAULTS.patience, help="early-stopping patience (epochs)")
     parser.add_argument("--views", type=int, choices=(1, 2, 4), default=DEFAULTS.views,
@@ -57,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
 
     config = TrainConfig(input_size=args.input_size, weights=args.weights, batch_size=args.batch_size,
                          head_epochs=args.head_epochs, finetune_epochs=args.finetune_epochs,
-                         finetune_from=args.finetune_from, finetune_lr=args.finetune_lr, dropout=args.dropout,
+                         finetune_from=args.finetune_from, finetune_lr=args.finetune_lr, dropout=args.dropout, min_spread=args.min_spread,
                          val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
                          views=args.views, crop_scale=args.crop_scale,
                          min_crop_frac=args.min_crop_frac, feature_layers=tuple(args.feature_layers),

@@ -19,6 +19,18 @@ def fold_standardisation(kernel: np.ndarray, bias: np.ndarray, mean: np.ndarray,
     return fold_affine_input(kernel, bias, 1.0 / std, -mean / std)
 
 
+def standardised_spread(x: np.ndarray, min_spread: float) -> np.ndarray:
+    """Each feature's spread for standardisation, floored at min_spread x the median feature's spread.
+
+    Without a floor a channel that is nearly dead on the training crops (spread ~0) is divided by
+    ~1e-6, and its dense weight on raw features becomes huge (m6: 72 on a channel of spread 0.0016):
+    a new photograph that wakes the channel swings the logits, and fine-tuning, which wakes it,
+    starts from a broken head. 0 keeps the old behaviour (m5, m6).
+    """
+    std = x.std(axis=0)
+    return np.maximum(std, min_spread * float(np.median(std))) + 1e-6
+
+
 def stacked_views(feats: np.ndarray, y: np.ndarray, pos, augmented: np.ndarray | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(features, labels) of rows `pos` under every rotation, then of their augmented copies, one row each.
@@ -45,10 +57,11 @@ def fit_dense(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val
 
     log_csv, when given, receives one row per epoch (keras.callbacks.CSVLogger).
     Features are standardised with the training rows' mean and spread (the pooled layers differ in
-    scale), and the standardisation is folded into the returned weights.
+    scale), and the standardisation is folded into the returned weights. The spread is floored at
+    config.min_spread times the median feature's (standardised_spread).
     """
     import keras
-    mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
+    mean, std = x_train.mean(axis=0), standardised_spread(x_train, config.min_spread)
     inputs = keras.Input((x_train.shape[-1],))
     x = keras.layers.Dropout(config.dropout)(inputs)
     outputs = keras.layers.Dense(units)(x)
