@@ -355,3 +355,20 @@ def test_a_restarted_fine_tune_must_still_beat_the_head_only_model(tmp_path):
     baseline.write_text("0.417")
     assert best_val_loss(history, baseline) == 0.417
     assert best_val_loss(tmp_path / "none.csv", tmp_path / "none.txt") is None
+
+
+def test_fine_tuning_trains_the_head_the_device_runs():
+    """In training mode the model must compute what inference computes (BatchNorm frozen, no raw-feature
+    dropout): the folded head under dropout answered like itself on about half of m5's crops."""
+    from training.finetune import without_head_dropout
+    from training.model import build_model, unfreeze_top
+    model = build_model(4, input_size=32, weights="none")
+    rng = np.random.default_rng(0)
+    kernel, bias = model.get_layer("logits").get_weights()
+    model.get_layer("logits").set_weights([rng.normal(0, 5, kernel.shape).astype(np.float32), bias])
+    crops = rng.integers(0, 256, (8, 32, 32, 3)).astype(np.float32)
+    unfreeze_top(model, "block_13_expand")
+    inference = np.asarray(model(crops, training=False))
+    assert not np.allclose(np.asarray(model(crops, training=True)), inference, atol=1e-3)  # dropout on raw features
+    without_head_dropout(model)
+    np.testing.assert_allclose(np.asarray(model(crops, training=True)), inference, rtol=1e-4, atol=1e-4)
