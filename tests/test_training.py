@@ -204,7 +204,8 @@ def test_feature_cache_is_keyed_by_images_and_weights_not_only_by_size(tmp_path)
     assert first != features_cache_file(crops_a, str(weights), len(a))
 
 
-def test_train_cli_passes_the_crop_settings(tmp_path, monkeypatch):
+def config_from_train_cli(monkeypatch, *args: str):
+    """The TrainConfig `hemato train DATA *args` builds (training itself is stopped before it starts)."""
     import training.train as train
     from hemato.cli import main as hemato
     seen = {}
@@ -214,10 +215,15 @@ def test_train_cli_passes_the_crop_settings(tmp_path, monkeypatch):
         raise ValueError("stop here")
 
     monkeypatch.setattr(train, "run_training", fake_run_training)
-    status = hemato(["train", str(tmp_path), "--crop-scale", "1.4", "--min-crop-frac", "0.3"])
-    assert status == 2
-    assert (seen["config"].crop_scale, seen["config"].min_crop_frac) == (1.4, 0.3)
-    settings = train.crop_settings(seen["config"])
+    assert hemato(["train", "data", *args]) == 2
+    return seen["config"]
+
+
+def test_train_cli_passes_the_crop_settings(monkeypatch):
+    import training.train as train
+    config = config_from_train_cli(monkeypatch, "--crop-scale", "1.4", "--min-crop-frac", "0.3")
+    assert (config.crop_scale, config.min_crop_frac) == (1.4, 0.3)
+    settings = train.crop_settings(config)
     assert (settings.crop_scale, settings.min_crop_frac, settings.input_size) == (1.4, 0.3, 224)
 
 
@@ -324,18 +330,9 @@ def test_spread_floor_keeps_a_dead_channel_from_getting_a_huge_weight():
     assert floored[2] == pytest.approx(median, rel=1e-4) and floored[0] == pytest.approx(x[:, 0].std(), rel=1e-4)
 
 
-def test_train_cli_passes_the_spread_floor(tmp_path, monkeypatch):
-    import training.train as train
-    from hemato.cli import main as hemato
-    seen = {}
-
-    def fake_run_training(source, out, config, cache):
-        seen["config"] = config
-        raise ValueError("stop here")
-
-    monkeypatch.setattr(train, "run_training", fake_run_training)
-    assert hemato(["train", str(tmp_path), "--min-spread", "0.5"]) == 2
-    assert seen["config"].min_spread == 0.5
+def test_train_cli_passes_the_spread_floor(monkeypatch):
+    assert config_from_train_cli(monkeypatch, "--min-spread", "0.5").min_spread == 0.5
+    assert config_from_train_cli(monkeypatch).min_spread == 0.0  # the shipped recipe's
 
 
 def test_feature_cache_is_keyed_by_the_pooled_layers(tmp_path):
