@@ -60,7 +60,8 @@ def main(args: argparse.Namespace) -> int:
 
     config = TrainConfig(input_size=args.input_size, weights=args.weights, batch_size=args.batch_size,
                          head_epochs=args.head_epochs, finetune_epochs=args.finetune_epochs,
-                         finetune_from=args.finetune_from, finetune_lr=args.finetune_lr, dropout=args.dropout, min_spread=args.min_spread,
+                         finetune_from=args.finetune_from, finetune_lr=args.finetune_lr, dropout=args.dropout,
+                         min_spread=args.min_spread,
                          val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
                          views=args.views, crop_scale=args.crop_scale,
                          min_crop_frac=args.min_crop_frac, feature_layers=tuple(args.feature_layers),
