@@ -369,3 +369,29 @@ def test_fine_tuning_trains_the_head_the_device_runs():
     assert not np.allclose(np.asarray(model(crops, training=True)), inference, atol=1e-3)  # dropout on raw features
     without_head_dropout(model)
     np.testing.assert_allclose(np.asarray(model(crops, training=True)), inference, rtol=1e-4, atol=1e-4)
+
+
+def test_batchnorm_fine_tuning_trains_only_scales_and_offsets():
+    """--finetune-params batchnorm: one step moves BatchNorm's gamma and beta, and nothing else: not the
+    convolutions, not BatchNorm's statistics (inference mode), not the head."""
+    import keras
+
+    from training.finetune import without_head_dropout
+    from training.model import backbone_of, build_model, unfreeze_top
+    model = build_model(4, input_size=32, weights="none")
+    unfreeze_top(model, "Conv1", batchnorm_only=True)
+    model.get_layer("logits").trainable = False
+    without_head_dropout(model)
+    trainable = {v.path for v in model.trainable_weights}
+    assert trainable and all(v.endswith(("gamma", "beta")) for v in trainable)
+    before = {v.path: np.array(v) for v in model.weights}
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (8, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(model(crops, training=True)), np.asarray(model(crops, training=False)),
+                               rtol=1e-4, atol=1e-4)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(crops, rng.integers(0, 4, 8), epochs=1, verbose=0)
+    changed = {v.path for v in model.weights if not np.array_equal(np.array(v), before[v.path])}
+    assert changed and changed <= trainable
+    assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in backbone_of(model).layers)

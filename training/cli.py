@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="max epochs fine-tuning the top of the backbone (0 to skip)")
     parser.add_argument("--finetune-from", default=DEFAULTS.finetune_from, help="first backbone layer to unfreeze")
     parser.add_argument("--finetune-lr", type=float, default=DEFAULTS.finetune_lr)
+    parser.add_argument("--finetune-params", choices=("all", "batchnorm"), default=DEFAULTS.finetune_params,
+                        help="what fine-tuning trains from --finetune-from on: the convolutions and the head (all, "
+                             "the default) or only the BatchNorm scales and offsets, with the head frozen")
     parser.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
     parser.add_argument("--min-spread", type=float, default=DEFAULTS.min_spread,
                         help="floor on each feature's spread when the head standardises it, as a multiple of the "
@@ -60,7 +63,8 @@ def main(args: argparse.Namespace) -> int:
 
     config = TrainConfig(input_size=args.input_size, weights=args.weights, batch_size=args.batch_size,
                          head_epochs=args.head_epochs, finetune_epochs=args.finetune_epochs,
-                         finetune_from=args.finetune_from, finetune_lr=args.finetune_lr, dropout=args.dropout,
+                         finetune_from=args.finetune_from, finetune_lr=args.finetune_lr,
+                         finetune_params=args.finetune_params, dropout=args.dropout,
                          min_spread=args.min_spread,
                          val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
                          views=args.views, crop_scale=args.crop_scale,

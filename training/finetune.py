@@ -86,7 +86,9 @@ def finetune(model, crops: np.ndarray, y: np.ndarray, train_rows: np.ndarray, va
     best.parent.mkdir(parents=True, exist_ok=True)
     if config.finetune_epochs <= 0:
         return
-    unfreeze_top(model, config.finetune_from)
+    batchnorm_only = config.finetune_params == "batchnorm"
+    unfreeze_top(model, config.finetune_from, batchnorm_only=batchnorm_only)
+    model.get_layer("logits").trainable = not batchnorm_only  # the features adapt to the head they were fitted for
     without_head_dropout(model)
     model.compile(optimizer=keras.optimizers.Adam(config.finetune_lr),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
@@ -112,8 +114,8 @@ def finetune(model, crops: np.ndarray, y: np.ndarray, train_rows: np.ndarray, va
         keras.callbacks.CSVLogger(str(history_csv), append=True),
         epoch_summary(),
     ]
-    print(f"fine-tune: from {config.finetune_from}, lr {config.finetune_lr}, up to {config.finetune_epochs} epochs",
-          file=sys.stderr)
+    print(f"fine-tune: {config.finetune_params} from {config.finetune_from}, lr {config.finetune_lr}, "
+          f"up to {config.finetune_epochs} epochs", file=sys.stderr)
     # the dataset shuffles itself (make_dataset); Keras's own shuffle does not apply to tf.data and only warns
     model.fit(train_ds, validation_data=val_ds, epochs=config.finetune_epochs, class_weight=class_weight,
               callbacks=callbacks, shuffle=False, verbose=1 if sys.stderr.isatty() else 0)

@@ -121,7 +121,7 @@ def build_model(num_classes: int, input_size: int = 224, weights: str | None = "
     x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_pm1")(inputs)
     backbone = _pooled_features(_backbone(input_size, weights), tuple(feature_layers))
     backbone.trainable = False
-    x = backbone(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
+    x = backbone(x, training=False)  # BatchNorm stays in inference mode (frozen, or in_inference_mode)
     if colour_statistics:
         colour = colour_statistics_layer()(name="colour_statistics")(inputs)
         x = keras.layers.Concatenate(name="pooled_and_colour")([x, colour])
@@ -137,18 +137,40 @@ def backbone_of(model):
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
-def unfreeze_top(model, first_layer: str) -> int:
-    """Make the backbone trainable from `first_layer` on, BatchNorm excluded; returns layers unfrozen."""
+def in_inference_mode(layer) -> None:
+    """Make a trainable BatchNorm layer normalise with its stored statistics, also under fit.
+
+    Keras 3 does not pass the backbone's call-time training=False on to its layers: a trainable
+    BatchNorm would normalise with batch statistics and overwrite its moving ones.
+    """
+    call = layer.call
+
+    def call_in_inference_mode(*args, training=None, **kwargs):
+        return call(*args, training=False, **kwargs)
+    layer.call = call_in_inference_mode
+
+
+def unfreeze_top(model, first_layer: str, batchnorm_only: bool = False) -> int:
+    """Make the backbone trainable from `first_layer` on; returns layers unfrozen.
+
+    By default the convolutions train and BatchNorm stays frozen. With batchnorm_only it is the other
+    way round: only the BatchNorm scales and offsets train (a few thousand numbers, which adapt the
+    pretrained features without room to memorise cells); their statistics stay frozen either way
+    (in_inference_mode), so training computes what the device computes.
+    """
     import keras
     backbone = backbone_of(model)
     backbone.trainable = True
     names = [layer.name for layer in backbone.layers]
     if first_layer not in names:
-        raise ValueError(f"no backbone layer named {first_layer!r}; e.g. block_13_expand, block_15_expand")
+        raise ValueError(f"no backbone layer named {first_layer!r}; e.g. Conv1, block_13_expand, block_15_expand")
     start = names.index(first_layer)
     unfrozen = 0
     for i, layer in enumerate(backbone.layers):
-        trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+        is_batchnorm = isinstance(layer, keras.layers.BatchNormalization)
+        trainable = i >= start and is_batchnorm == batchnorm_only
+        if trainable and is_batchnorm:
+            in_inference_mode(layer)
         layer.trainable = trainable
         unfrozen += int(trainable and bool(layer.weights))
     return unfrozen

@@ -38,6 +38,7 @@ class TrainConfig:
     finetune_epochs: int = 8
     finetune_lr: float = 1e-5  # 3e-5 overfits after one epoch (validation 81.9 % against 83.4 %)
     finetune_from: str = "block_13_expand"
+    finetune_params: str = "all"  # "batchnorm": only BatchNorm scales and offsets train, the head is frozen
     dropout: float = 0.3
     min_spread: float = 0.0  # floor on a feature's spread in the head's standardisation, x the median (training.head)
     val_fraction: float = 0.2
