@@ -224,6 +224,12 @@ def markdown(report: dict[str, Any]) -> str:
                  f"{c['mean_abs_prob_diff']:.4f}" if c else "ref", ms,
                  ("pass" if c["passed"] else "FAIL: " + "; ".join(c["failures"])) if c else "ref"]
         lines.append("| " + " | ".join(cells) + " |")
+    intervals = [(m, m["cell_interval"]) for m in models if m.get("cell_interval")]
+    if intervals:
+        lines += ["", "Accuracy over the cells behind the images (copies of one photograph are one cell; "
+                  "bootstrap of the cells within each class):", ""]
+        lines += [f"- {m['name']}: top-1 {_pct(m['accuracy'])}, {iv['level']:.0%} interval {_pct(iv['low'])} to "
+                  f"{_pct(iv['high'])} over {iv['cells']} recovered cells" for m, iv in intervals]
     lines += ["", "Calibration on located cells (ECE, 15 bins, before/after the stored temperature) and answers at "
               "the stored threshold (UNCERTAIN below it or for an unusual crop):", "",
               "| model | temperature | ECE before | ECE after | threshold | coverage | accuracy answered |",
@@ -281,9 +287,23 @@ def write_plots(runs: list[Predictions], images: list[tuple[Path, str]], folder:
     return written
 
 
+def add_cell_intervals(runs: list[Predictions], images: list[tuple[Path, str]], summaries: list[dict]) -> None:
+    """Add each model's accuracy interval over the recovered cells to its summary ("cell_interval")."""
+    from convert.cell_interval import cell_bootstrap, recover_cells
+    cell_ids = recover_cells(images, runs[0].classifier.crop_settings)
+    labels = np.array([label for _, label in images])
+    for run, summary in zip(runs, summaries):
+        correct = np.array([p == t for p, t in zip(run.top, labels)])
+        summary["cell_interval"] = cell_bootstrap(correct, labels, cell_ids)
+
+
 def verify(paths: list[Path], data: Path, max_drop_pp: float = 0.5, min_agreement_pct: float = 99.0,
-           threads: int | None = None, plots: Path | None = None) -> dict[str, Any]:
-    """Compare each candidate with the reference (the first path) and return the full report."""
+           threads: int | None = None, plots: Path | None = None, cells: bool = False) -> dict[str, Any]:
+    """Compare each candidate with the reference (the first path) and return the full report.
+
+    With cells, each model's accuracy also gets a bootstrap interval over the cells behind the images
+    (convert.cell_interval).
+    """
     if len(paths) < 2:
         raise VerifyError("give a reference model and at least one candidate")
     if plots is not None:
@@ -292,6 +312,8 @@ def verify(paths: list[Path], data: Path, max_drop_pp: float = 0.5, min_agreemen
     images = load_data(data, models[0].labels)
     runs, unreadable = predict_all(models, images)
     summaries = [model_summary(run, images) for run in runs]
+    if cells:
+        add_cell_intervals(runs, images, summaries)
     comparisons = []
     for run, summary in zip(runs[1:], summaries[1:]):
         comparison = compare(runs[0], run, images, (summaries[0], summary))
@@ -320,12 +342,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
     parser.add_argument("--plots", type=Path, metavar="DIR",
                         help="also write DIR/reliability.png and DIR/risk_coverage.png (needs matplotlib)")
+    parser.add_argument("--cells", action="store_true",
+                        help="also give each accuracy's 95%% interval over the cells behind the images (the "
+                             "copies of one photograph are one cell; recovering them takes minutes)")
 
 
 def main(args: argparse.Namespace) -> int:
     """0 when every candidate passes the gate, 1 when one fails, 2 on an error the user can fix."""
     try:
-        report = verify(args.models, args.data, args.max_drop, args.min_agreement, args.threads, args.plots)
+        report = verify(args.models, args.data, args.max_drop, args.min_agreement, args.threads, args.plots,
+                        args.cells)
     except (VerifyError, ModelFileError) as exc:
         print(f"hemato verify: error: {exc}", file=sys.stderr)
         return 2

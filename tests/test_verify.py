@@ -169,3 +169,27 @@ def test_plots_show_each_models_reliability_and_risk_coverage(setup, tmp_path):
     for name in ("reliability.png", "risk_coverage.png"):
         image = cv2.imread(str(folder / name))
         assert image is not None and image.shape[0] > 100 and image.std() > 0
+
+
+def test_cell_bootstrap_resamples_cells_not_images():
+    """A class of one right cell with three images and one wrong cell with one: drawing two cells gives
+    the wrong one twice a quarter of the time (accuracy 0), drawing four images almost never; a class
+    never borrows another's cells; with every cell right the interval is a point."""
+    import numpy as np
+
+    from convert.cell_interval import cell_bootstrap
+    uneven = cell_bootstrap(np.array([1, 1, 1, 0]), np.array(["A"] * 4), np.array([0, 0, 0, 1]), resamples=2000)
+    assert uneven["cells"] == 2 and uneven["low"] == 0.0 and uneven["high"] == 1.0
+    labels, cells = np.array(["A"] * 4 + ["B"] * 4), np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    lone_wrong = cell_bootstrap(np.array([1, 1, 1, 1, 0, 0, 0, 0]), labels, cells, resamples=500)
+    assert lone_wrong["cells"] == 4 and lone_wrong["low"] == lone_wrong["high"] == 0.5
+    assert cell_bootstrap(np.ones(8), labels, cells, resamples=200)["low"] == 1.0
+
+
+def test_verify_cells_reports_an_interval_per_model(setup, tmp_path):
+    report_path = tmp_path / "verify.json"
+    hemato(["verify", str(setup["float32"]), str(setup["int8"]), "--data", str(setup["test"]),
+            "--json", str(report_path), "--threads", "1", "--cells"])
+    for model in json.loads(report_path.read_text())["models"]:
+        interval = model["cell_interval"]
+        assert interval["cells"] >= 1 and interval["low"] <= model["accuracy"] <= interval["high"]
