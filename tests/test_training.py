@@ -335,6 +335,11 @@ def test_train_cli_passes_the_spread_floor(monkeypatch):
     assert config_from_train_cli(monkeypatch).min_spread == 0.0  # the shipped recipe's
 
 
+def test_train_cli_passes_what_fine_tuning_trains(monkeypatch):
+    assert config_from_train_cli(monkeypatch, "--finetune-params", "batchnorm").finetune_params == "batchnorm"
+    assert config_from_train_cli(monkeypatch).finetune_params == "all"
+
+
 def test_feature_cache_is_keyed_by_the_pooled_layers(tmp_path):
     from training.features import features_cache_file
     crops = tmp_path / "crops_224_abc.npz"
