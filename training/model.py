@@ -154,7 +154,7 @@ def unfreeze_top(model, first_layer: str, batchnorm_only: bool = False) -> int:
     """Make the backbone trainable from `first_layer` on; returns layers unfrozen.
 
     By default the convolutions train and BatchNorm stays frozen. With batchnorm_only it is the other
-    way round: only the BatchNorm scales and offsets train (a few thousand numbers, which adapt the
+    way round: only the BatchNorm scales and offsets train (17,280 numbers from Conv1 on, which adapt the
     pretrained features without room to memorise cells); their statistics stay frozen either way
     (in_inference_mode), so training computes what the device computes.
     """
