@@ -381,12 +381,11 @@ def test_batchnorm_fine_tuning_trains_only_scales_and_offsets():
     convolutions, not BatchNorm's statistics (inference mode), not the head."""
     import keras
 
-    from training.finetune import without_head_dropout
-    from training.model import backbone_of, build_model, unfreeze_top
+    from training.finetune import make_fine_tunable
+    from training.model import backbone_of, build_model
+    from training.train import TrainConfig
     model = build_model(4, input_size=32, weights="none")
-    unfreeze_top(model, "Conv1", batchnorm_only=True)
-    model.get_layer("logits").trainable = False
-    without_head_dropout(model)
+    make_fine_tunable(model, TrainConfig(finetune_from="Conv1", finetune_params="batchnorm"))
     trainable = {v.path for v in model.trainable_weights}
     assert trainable and all(v.endswith(("gamma", "beta")) for v in trainable)
     before = {v.path: np.array(v) for v in model.weights}

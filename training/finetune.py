@@ -69,6 +69,19 @@ def without_head_dropout(model) -> None:
     model.get_layer("dropout").rate = 0.0
 
 
+def make_fine_tunable(model, config) -> None:
+    """Set what fine-tuning trains (config.finetune_from, config.finetune_params), head dropout off.
+
+    "batchnorm" trains only BatchNorm's scales and offsets and freezes the head: the features adapt
+    to the head they were fitted for.
+    """
+    from training.model import unfreeze_top
+    batchnorm_only = config.finetune_params == "batchnorm"
+    unfreeze_top(model, config.finetune_from, batchnorm_only=batchnorm_only)
+    model.get_layer("logits").trainable = not batchnorm_only
+    without_head_dropout(model)
+
+
 def finetune(model, crops: np.ndarray, y: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
              config, class_weight: dict[int, float] | None, out_dir: Path) -> None:
     """Unfreeze the backbone from config.finetune_from; keep the weights with the lowest validation loss.
@@ -78,18 +91,13 @@ def finetune(model, crops: np.ndarray, y: np.ndarray, train_rows: np.ndarray, va
     """
     import keras
 
-    from training.model import unfreeze_top
-
     out_dir = Path(out_dir)
     best = out_dir / "checkpoints" / "best.weights.h5"
     done = out_dir / "checkpoints" / "finetune.done"
     best.parent.mkdir(parents=True, exist_ok=True)
     if config.finetune_epochs <= 0:
         return
-    batchnorm_only = config.finetune_params == "batchnorm"
-    unfreeze_top(model, config.finetune_from, batchnorm_only=batchnorm_only)
-    model.get_layer("logits").trainable = not batchnorm_only  # the features adapt to the head they were fitted for
-    without_head_dropout(model)
+    make_fine_tunable(model, config)
     model.compile(optimizer=keras.optimizers.Adam(config.finetune_lr),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     if done.exists():
