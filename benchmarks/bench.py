@@ -17,6 +17,7 @@ import benchmarks
 from benchmarks import report
 from benchmarks.latency import BenchError, run_isolated, summarise
 from benchmarks.machine import cpu_temperature_c, describe_machine, load_average
+from hemato.argtypes import positive_int
 
 REFERENCE_RUNS = 200
 VARIANT_ORDER = ("float32", "float16", "dynamic", "int8")
@@ -26,13 +27,6 @@ SUFFIX_VARIANTS = {"float32": "float32", "fp32": "float32", "f32": "float32", "f
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `hemato bench`."""
     cores = os.cpu_count() or 1
@@ -40,21 +34,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the .tflite models (default: every *.tflite in models/, here or in the repository)")
     parser.add_argument("--data", type=Path, help="labelled folder DATA/<CLASS>/*.jpg: real crops for timing, "
                                                   "top-1 accuracy, and the default --pipeline-data")
-    parser.add_argument("--threads", type=_positive_int, nargs="+", default=sorted({1, cores}),
+    parser.add_argument("--threads", type=positive_int, nargs="+", default=sorted({1, cores}),
                         help=f"interpreter thread counts to measure (default: 1 and all cores, here {cores})")
-    parser.add_argument("--runs", type=_positive_int, default=REFERENCE_RUNS,
+    parser.add_argument("--runs", type=positive_int, default=REFERENCE_RUNS,
                         help=f"timed invokes per model and thread count (default and reference: {REFERENCE_RUNS})")
     parser.add_argument("--warmup", type=int, default=20, help="untimed invokes before timing (default: 20)")
-    parser.add_argument("--repeat", type=_positive_int, default=1,
+    parser.add_argument("--repeat", type=positive_int, default=1,
                         help="rounds per model and thread count, each a fresh process, order reversed "
                              "every round; samples are pooled (default: 1)")
-    parser.add_argument("--max-images", type=_positive_int, default=None,
+    parser.add_argument("--max-images", type=positive_int, default=None,
                         help="use at most this many images (spread over the classes) for accuracy and the pipeline")
     parser.add_argument("--pipeline-data", type=Path, help="folder of images, searched recursively, for the "
                                                            "whole-pipeline table (default: --data)")
     parser.add_argument("--pipeline-model", type=Path,
                         help="model for the pipeline table (default: the int8 variant, else the first model)")
-    parser.add_argument("--pipeline-threads", type=_positive_int, default=None,
+    parser.add_argument("--pipeline-threads", type=positive_int, default=None,
                         help="threads for the pipeline table (default: the largest --threads)")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the whole-pipeline table")
     parser.add_argument("--out-dir", type=Path, help="write NAME.md, NAME.json and NAME.png here "
@@ -139,8 +133,8 @@ def _note(notes: list[str], text: str) -> None:
 
 def _check(args: argparse.Namespace, notes: list[str]) -> list[dict[str, Any]]:
     """Resolve and validate the models and folders (ValueError/ModelFileError say what is wrong)."""
-    from edge_app.dataset import labelled_images
-    from edge_app.metadata import read_model_metadata
+    from edge_app.core.dataset import labelled_images
+    from edge_app.core.metadata import read_model_metadata
     paths = list(dict.fromkeys(p.expanduser() for p in args.models)) or default_models()
     models = []
     for path in paths:
@@ -239,8 +233,8 @@ def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None, Path |
 
 def main(args: argparse.Namespace) -> int:
     """Validate, measure every model and thread count, time the pipeline, then print and write the report."""
-    from edge_app.metadata import ModelFileError
-    from edge_app.model import interpreter_class, runtime_version
+    from edge_app.core.metadata import ModelFileError
+    from edge_app.core.model import interpreter_class, runtime_version
     notes: list[str] = []
     try:
         models = _check(args, notes)

@@ -64,13 +64,11 @@ def synthetic_crop(size: int) -> np.ndarray:
 
 def data_crops(data: Path, settings, limit: int = CROPS_FROM_DATA) -> list[np.ndarray]:
     """Real model inputs: the largest located cell of up to `limit` labelled images spread over the classes."""
-    from edge_app.dataset import labelled_images
-    from edge_app.sources import read_image
-    from edge_app.vision import largest_cell_crop
+    from edge_app.core.crops import file_cell_crop
+    from edge_app.core.dataset import labelled_images
     crops = []
     for path, _ in spread(labelled_images(data), limit):
-        image, _ = read_image(path)
-        crop = None if image is None else largest_cell_crop(image, settings)[0]
+        crop, _ = file_cell_crop(path, settings)
         if crop is not None:
             crops.append(crop)
     return crops
@@ -97,9 +95,8 @@ def time_invokes(classifier, crops: list[np.ndarray], runs: int) -> list[float]:
 def accuracy(classifier, data: Path, max_images: int | None = None,
              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Top-1 accuracy of the largest located cell per labelled image; no located cell counts as wrong."""
-    from edge_app.dataset import labelled_images
-    from edge_app.sources import read_image
-    from edge_app.vision import largest_cell_crop
+    from edge_app.core.crops import file_cell_crop
+    from edge_app.core.dataset import labelled_images
     pairs = spread(labelled_images(data), max_images)
     per_class: dict[str, dict[str, int]] = {}
     located = correct = 0
@@ -107,8 +104,7 @@ def accuracy(classifier, data: Path, max_images: int | None = None,
     for k, (path, label) in enumerate(pairs, 1):
         counts = per_class.setdefault(label, {"n": 0, "located": 0, "correct": 0})
         counts["n"] += 1
-        image, _ = read_image(path)
-        crop = None if image is None else largest_cell_crop(image, classifier.crop_settings)[0]
+        crop, _ = file_cell_crop(path, classifier.crop_settings)
         if crop is not None:
             located += 1
             counts["located"] += 1
@@ -126,9 +122,9 @@ def accuracy(classifier, data: Path, max_images: int | None = None,
 def measure(model: Path, threads: int, runs: int, warmup: int, data: Path | None = None,
             max_images: int | None = None, with_accuracy: bool = False) -> dict[str, Any]:
     """Load the model, warm it up, time `runs` invokes, read peak memory, then (optionally) its accuracy."""
-    from edge_app.metadata import read_model_metadata
-    from edge_app.model import Classifier, interpreter_class
-    from edge_app.vision import CropSettings
+    from edge_app.core.metadata import read_model_metadata
+    from edge_app.core.model import Classifier, interpreter_class
+    from edge_app.core.vision import CropSettings
 
     interpreter_class()  # import the runtime before the baseline: its import is not the model's memory
     meta = read_model_metadata(model)
@@ -192,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
 def worker(argv: list[str] | None = None) -> int:
     """Entry point of the measuring process: one JSON line on stdout, errors on stderr."""
     args = _parser().parse_args(argv)
-    from edge_app.metadata import ModelFileError
+    from edge_app.core.metadata import ModelFileError
     try:
         result = measure(args.model, args.threads, args.runs, args.warmup, args.data, args.max_images, args.accuracy)
     except (ModelFileError, ValueError, RuntimeError) as exc:

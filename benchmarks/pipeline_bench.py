@@ -2,8 +2,8 @@
 
 `python -m benchmarks.pipeline_bench MODEL FOLDER --threads N` prints one JSON line; bench.py runs it
 in a fresh process and sets its images/s beside the bare model's, so the overhead around invoke shows.
-It uses the app's own pieces: edge_app.sources.read_image, edge_app.pipeline.classify_frame and
-edge_app.results.CsvWriter (header once, a flush per row).
+It uses the app's own pieces: edge_app.core.sources.read_image, edge_app.core.pipeline.classify_frame and
+edge_app.run.results.CsvWriter (header once, a flush per row).
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ WARMUP_IMAGES = 3
 
 def _one_image(path: Path, classifier, writer) -> tuple[dict[str, float], int] | None:
     """Process one image as `hemato run` does; (stage ms, cells), or None when it cannot be decoded."""
-    from edge_app.pipeline import classify_frame
-    from edge_app.sources import read_image
+    from edge_app.core.pipeline import classify_frame
+    from edge_app.core.sources import read_image
     start = time.perf_counter()
     image, error = read_image(path)
     decode_ms = (time.perf_counter() - start) * 1000
@@ -46,9 +46,9 @@ def _one_image(path: Path, classifier, writer) -> tuple[dict[str, float], int] |
 def pipeline_timings(model: Path, folder: Path, threads: int, max_images: int | None = None,
                      warmup_images: int = WARMUP_IMAGES) -> dict[str, Any]:
     """Mean ms per stage, total ms per image and images/s over the folder's images (searched recursively)."""
-    from edge_app.dataset import images_in
-    from edge_app.model import Classifier
-    from edge_app.results import CsvWriter
+    from edge_app.core.dataset import images_in
+    from edge_app.core.model import Classifier
+    from edge_app.run.results import CsvWriter
 
     paths = spread(images_in(folder, recursive=True), max_images)
     if not paths:
@@ -100,7 +100,7 @@ def worker(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--warmup-images", type=int, default=WARMUP_IMAGES)
     args = parser.parse_args(argv)
-    from edge_app.metadata import ModelFileError
+    from edge_app.core.metadata import ModelFileError
     try:
         result = pipeline_timings(args.model, args.folder, args.threads, args.max_images, args.warmup_images)
     except (ModelFileError, ValueError, RuntimeError, OSError) as exc:

@@ -7,11 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from edge_app.dataset import images_in, labelled_images
-from edge_app.vision import CropSettings, largest_cell_crop
+from edge_app.core.crops import NO_CELL, file_cell_crop
+from edge_app.core.dataset import images_in, labelled_images
+from edge_app.core.vision import CropSettings
 
 
 class CalibrationError(ValueError):
@@ -39,7 +39,7 @@ class CalibrationSet:
             yield [crop[None].astype(np.float32)]
 
 
-def list_candidates(folder: Path) -> list[tuple[Path, str]]:
+def list_images(folder: Path) -> list[tuple[Path, str]]:
     """(path, class) for FOLDER/<CLASS>/*image*, else (path, "") for the images in FOLDER itself."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -72,16 +72,15 @@ def build_calibration_set(folder: Path, settings: CropSettings, count: int = 300
         raise CalibrationError(f"--calib-count must be at least 1, got {count}")
     progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     result = CalibrationSet(Path(folder), [])
-    for path, label in stratified_order(list_candidates(folder), seed):
+    for path, label in stratified_order(list_images(folder), seed):
         if len(result.crops) >= count:
             break
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            result.unreadable += 1
-            continue
-        crop, _ = largest_cell_crop(bgr, settings)
+        crop, reason = file_cell_crop(path, settings)
         if crop is None:
-            result.no_cell += 1
+            if reason == NO_CELL:
+                result.no_cell += 1
+            else:
+                result.unreadable += 1
             continue
         result.crops.append(crop)
         result.per_class[label or "(unlabelled)"] = result.per_class.get(label or "(unlabelled)", 0) + 1

@@ -9,7 +9,8 @@ from pathlib import Path
 from convert.calibration import CalibrationError, build_calibration_set
 from convert.converter import IO_TYPES, VARIANTS, ConversionError, convert_run, crop_settings, read_run_metadata
 from convert.recalibrate import RecalibrationError
-from edge_app.metadata import ModelFileError
+from edge_app.core.metadata import ModelFileError
+from network.model import ModelLoadError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is imported later; keep its INFO lines out
 
@@ -34,9 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-calibration", action="store_true",
                         help="keep the run's temperature and threshold instead of refitting them on this file's "
                              "own outputs for the run's validation split (the default when splits.csv has one)")
-    parser.add_argument("--float-blocks", type=int, default=0,
-                        help="int8 with --float-stem: also keep the first N bottleneck blocks after the stem in "
-                             "float (closer to float32, slower; default 0)")
     parser.add_argument("--no-feature-correction", dest="feature_correction", action="store_false",
                         help="int8 with --float-stem: do not correct the int8 backbone's per-channel error on the "
                              "pooled features in the float head (fitted on the calibration crops)")
@@ -50,8 +48,6 @@ def run(args: argparse.Namespace) -> int:
                               "and dynamic (bias correction)")
     if args.quant != "int8" and (args.io or args.io_out or args.float_stem):
         raise ConversionError("--io, --io-out and --float-stem apply only to --quant int8")
-    if args.float_blocks and not args.float_stem:
-        raise ConversionError("--float-blocks applies only with --float-stem")
     if args.float_stem and (args.io or args.io_out):
         raise ConversionError("--float-stem gives float input and output: drop --io/--io-out")
     meta = read_run_metadata(args.run)  # fail on a bad run folder before any slow step
@@ -62,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
         calibration = build_calibration_set(args.calib, crop_settings(meta), args.calib_count, args.seed)
     print(f"converting {args.run} to {args.quant} ...", file=sys.stderr, flush=True)
     written = convert_run(args.run, args.quant, out, calibration, args.io or "uint8", args.io_out or "float32",
-                          args.float_stem, args.float_blocks, refit_calibration=not args.keep_calibration,
+                          args.float_stem, refit_calibration=not args.keep_calibration,
                           feature_correction=args.feature_correction)
-    from edge_app.model import Classifier
+    from edge_app.core.model import Classifier
     classifier = Classifier(out, threads=1)  # proves the device runtime can load it
     print(f"wrote {out}: {args.quant}, {os.path.getsize(out) / 1e6:.2f} MB, "
           f"input {classifier.input_dtype} output {classifier.output_dtype}, "
@@ -87,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 def warn_if_input_clipped(path: Path) -> None:
     """Integer input is exact only when calibration spanned pixels 0..255 (scale 1); say so otherwise."""
     import numpy as np
-    from edge_app.model import interpreter_class
+    from edge_app.core.model import interpreter_class
     details = interpreter_class()[0](model_path=str(path)).get_input_details()[0]
     scale, zero = details["quantization"]
     if np.issubdtype(details["dtype"], np.integer) and scale and abs(scale - 1.0) > 1e-3:
@@ -101,6 +97,6 @@ def main(args: argparse.Namespace) -> int:
     """Convert; a problem the user can fix is one line on stderr and exit status 2."""
     try:
         return run(args)
-    except (ConversionError, CalibrationError, RecalibrationError, ModelFileError) as exc:
+    except (ConversionError, CalibrationError, RecalibrationError, ModelFileError, ModelLoadError) as exc:
         print(f"hemato convert: error: {exc}", file=sys.stderr)
         return 2

@@ -1,10 +1,7 @@
 """Turn a training run folder (model.keras + metadata.json) into a TFLite file that carries its metadata.
 
-int8 I/O defaults, uint8 in and float32 out, from a measurement (test_int8_io_types_change_only_the_boundary):
-every --io/--io-out pair gives bit-identical dequantised logits, since the int8 graph is the same and the I/O
-type only adds a QUANTIZE/DEQUANTIZE with the same scale at the boundary. uint8 in is the crop's own type and
-is exact (real crops calibrate to scale 1, zero point 0); float32 out holds the same int8 steps as uint8 out,
-no finer, but needs no zero-point handling by whoever reads the logits.
+int8 I/O defaults to uint8 in (the crop's own type, exact) and float32 out: every I/O pair gives the same
+dequantised logits (test_int8_io_types_change_only_the_boundary), float out needs no zero point.
 """
 from __future__ import annotations
 
@@ -24,21 +21,16 @@ from convert.calibration import CalibrationSet
 from convert.input_fold import fold_input_scaling
 from convert.metadata_writer import embed_metadata
 from convert.recalibrate import refit, validation_images
-from edge_app.vision import CropSettings
-from training.head import fold_affine_input
-from training.model import custom_objects, with_rotation_views
+from edge_app.core.vision import CropSettings
+from network.model import fold_affine_input, load_run_model, with_rotation_views
+from network.tflite import run_converter, tflite_converter
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 # Layers kept in float in the int8 variant ("float stem"): the pixel scaling, Conv1 and the first
-# bottleneck, at 112 px. Quantising them is where this backbone loses its answer: on validation
-# crops, full int8 agreed with float on 48 % of cells. The stem once also held block_1 and block_2;
-# with the tight-crop model, int8 without them still passes the parity gate on grouped validation
-# (99.21 % agreement, -0.32 pt, against 99.63 %, +0.00 pt) and is about 2.0x float32's speed
-# instead of 1.6x.
+# bottleneck. Quantising them is where this backbone loses its answer (chosen on validation, see docs/experiments/).
 FLOAT_STEM_LAYERS = ("scale_to_pm1", "/Conv1", "expanded_conv_", "colour_statistics")
-# With the float stem, the head's ops stay float too: rounding the pooled features and the logits to
-# int8 (a step of about 0.1 logit) flipped close calls, and these ops cost next to nothing. The
-# concatenation of pooled layers would otherwise requantise features of different ranges to one scale.
+# With the float stem the head's ops stay float too: int8 pooled features and logits flip close calls,
+# and these ops cost next to nothing.
 FLOAT_HEAD_OPS = ("MEAN", "CONCATENATION", "FULLY_CONNECTED")
 IO_TYPES = ("uint8", "int8", "float32")
 
@@ -95,35 +87,8 @@ def file_sha256(path: Path) -> str:
 
 
 def load_keras(run_dir: Path, meta: dict[str, Any]):
-    """The run's model.keras, checked to take (S,S,3) and give one output per label."""
-    import keras
-    path = Path(run_dir) / "model.keras"
-    if not path.is_file():
-        raise ConversionError(f"{run_dir} has no model.keras")
-    try:
-        model = keras.saving.load_model(path, compile=False, custom_objects=custom_objects())
-    except Exception as exc:  # keras raises many types for a bad archive
-        raise ConversionError(f"{path}: Keras cannot load it: {exc}") from exc
-    size = meta["input_size"]
-    if tuple(model.input_shape[1:]) != (size, size, 3):
-        raise ConversionError(f"{path}: input shape {model.input_shape} but metadata input_size is {size}")
-    if model.output_shape[-1] != len(meta["labels"]):
-        raise ConversionError(f"{path}: {model.output_shape[-1]} outputs but {len(meta['labels'])} labels")
-    return model
-
-
-def _batch_one(model, input_size: int):
-    """The model behind a fixed [1,S,S,3] input, so the TFLite tensors have static shapes."""
-    import keras
-    inputs = keras.Input((input_size, input_size, 3), batch_size=1, name="image")
-    return keras.Model(inputs, model(inputs), name="hemato_edge")
-
-
-def float_stem_layers(float_blocks: int = 0) -> tuple[str, ...]:
-    """FLOAT_STEM_LAYERS and the first `float_blocks` bottleneck blocks after it (block_1, block_2, ...)."""
-    if float_blocks < 0:
-        raise ConversionError("--float-blocks must be 0 or more")
-    return FLOAT_STEM_LAYERS + tuple(f"/block_{i}_" for i in range(1, float_blocks + 1))
+    """The run's model.keras (network.load_run_model), checked against its metadata."""
+    return load_run_model(run_dir, meta["input_size"], len(meta["labels"]))
 
 
 def _stem_tensor_names(tflite_bytes: bytes, layers: tuple[str, ...]) -> list[str]:
@@ -151,16 +116,15 @@ def _int8_with_float_stem(converter, calibration: CalibrationSet, layers: tuple[
 
 
 def convert_model(model, variant: str, input_size: int, calibration: CalibrationSet | None = None,
-                  io_input: str = "uint8", io_output: str = "float32", float_stem: bool = False,
-                  float_blocks: int = 0) -> bytes:
+                  io_input: str = "uint8", io_output: str = "float32", float_stem: bool = False) -> bytes:
     """TFLite flatbuffer of a Keras model for one variant (int8 needs the calibration set).
 
-    float_stem (int8 only) keeps float_stem_layers(float_blocks) in float; the model then has float I/O.
+    float_stem (int8 only) keeps FLOAT_STEM_LAYERS in float; the model then has float I/O.
     """
     import tensorflow as tf
     if variant not in VARIANTS:
         raise ConversionError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
-    converter = tf.lite.TFLiteConverter.from_keras_model(_batch_one(model, input_size))
+    converter = tflite_converter(model, input_size)
     if variant != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if variant == "float16":
@@ -174,12 +138,11 @@ def convert_model(model, variant: str, input_size: int, calibration: Calibration
         converter.representative_dataset = calibration.batches
         if float_stem:
             with contextlib.redirect_stdout(StringIO()):
-                return _int8_with_float_stem(converter, calibration, float_stem_layers(float_blocks))
+                return _int8_with_float_stem(converter, calibration, FLOAT_STEM_LAYERS)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = getattr(tf, io_input)
         converter.inference_output_type = getattr(tf, io_output)
-    with contextlib.redirect_stdout(StringIO()):  # Keras prints its temporary SavedModel's signature
-        return bytes(converter.convert())
+    return run_converter(converter)
 
 
 def tflite_metadata(run_meta: dict[str, Any], variant: str, io_dtypes: dict[str, str], source_sha256: str,
@@ -213,8 +176,7 @@ def stays_float(layer_name: str, layers: tuple[str, ...] = FLOAT_STEM_LAYERS) ->
 
 def convert_run(run_dir: Path, variant: str, out: Path, calibration: CalibrationSet | None = None,
                 io_input: str = "uint8", io_output: str = "float32", float_stem: bool = False,
-                float_blocks: int = 0, refit_calibration: bool = True,
-                feature_correction: bool = True) -> dict[str, Any]:
+                refit_calibration: bool = True, feature_correction: bool = True) -> dict[str, Any]:
     """Convert a run folder to `out` and return the metadata written into the file.
 
     int8 with a float stem also corrects the int8 backbone's per-channel error on the pooled features
@@ -228,11 +190,10 @@ def convert_run(run_dir: Path, variant: str, out: Path, calibration: Calibration
     meta = read_run_metadata(run_dir)
     model = load_keras(run_dir, meta)
     float_stem = float_stem and variant == "int8"
-    layers = float_stem_layers(float_blocks)
     corrected = 0
     if variant in ("int8", "dynamic") and calibration is not None:
         corrected = correct_for_int8(model, np.stack(calibration.crops),
-                                     keep_float=(lambda name: stays_float(name, layers)) if float_stem
+                                     keep_float=stays_float if float_stem
                                      else lambda name: False)
     folded = fold_input_scaling(model) if variant == "int8" and not float_stem else None
     if folded is not None:
@@ -240,22 +201,21 @@ def convert_run(run_dir: Path, variant: str, out: Path, calibration: Calibration
     head = _dense_head(model)
     views = int(meta.get("views", 1))
     model = with_rotation_views(model, views)
-    data = convert_model(model, variant, meta["input_size"], calibration, io_input, io_output, float_stem,
-                         float_blocks)
+    data = convert_model(model, variant, meta["input_size"], calibration, io_input, io_output, float_stem)
     corrected_channels = 0
     if float_stem and feature_correction and calibration is not None and head is not None:
         # the float32 reference from a fresh copy: correct_for_int8 has changed this model's backbone
         reference = convert_model(with_rotation_views(load_keras(run_dir, meta), views), "float32", meta["input_size"])
         gain, offset = fit_channel_lines(head_inputs(data, calibration.crops), head_inputs(reference, calibration.crops))
         head.set_weights(list(fold_affine_input(*head.get_weights(), gain, offset)))
-        data = convert_model(model, variant, meta["input_size"], calibration, io_input, io_output, float_stem,
-                             float_blocks)  # the same int8 backbone: only the float head changed
+        # the same int8 backbone: only the float head changed
+        data = convert_model(model, variant, meta["input_size"], calibration, io_input, io_output, float_stem)
         corrected_channels = len(gain)
     io = {"input": "float32", "output": "float32"} if float_stem else io_types(variant, io_input, io_output)
     written = tflite_metadata(meta, variant, io, file_sha256(run_dir / "model.keras"),
                               calibration if variant == "int8" else None)
     if float_stem:
-        written["float_layers"] = list(layers)
+        written["float_layers"] = list(FLOAT_STEM_LAYERS)
         written["float_ops"] = list(FLOAT_HEAD_OPS)
     if corrected:
         written["bias_corrected_layers"] = corrected

@@ -1,10 +1,7 @@
 """Fold the model's pixel scaling into its first convolution before full-int8 conversion.
 
 TFLite quantises the Rescaling layer as a MUL and an ADD, each with its own int8 tensor; the MUL's
-tensor is coarser than a grey level, and MobileNetV2's high-gain stem amplifies that noise. On 800
-validation crops (four views) the converted full-int8 file disagrees with float32 on 33; an
-emulation of the int8 graph reproduced those 33 exactly, and with the pixels held exact it left 17.
-Folding the scaling into Conv1's weights and bias leaves the raw pixels as the first tensor, which
+tensor is coarser than a grey level, and MobileNetV2's high-gain stem amplifies that noise. Folding the scaling into Conv1's weights and bias leaves the raw pixels as the first tensor, which
 int8 holds exactly. Conv1's 'same' padding pads the scaled image with 0, so the folded graph pads the
 raw image with the pixel value that scales to 0 (127.5; int8 rounds it by half a grey level on the
 padded border only) and convolves without padding: the same function in float.
@@ -37,7 +34,7 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 def fold_input_scaling(model):
-    """A copy of a `training.model.build_model` model whose Rescaling is folded into Conv1.
+    """A copy of a `network.model.build_model` model whose Rescaling is folded into Conv1.
 
     Returns None when the model does not have that layout (Rescaling, then a backbone whose first
     layer is a bias-free 'same' Conv2D with square kernel and stride), so the caller converts as is.

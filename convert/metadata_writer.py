@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_app.metadata import FORMAT, METADATA_NAME
+from edge_app.core.metadata import FORMAT, METADATA_NAME
 
 
 def embed_metadata(tflite_bytes: bytes, metadata: dict[str, Any]) -> bytes:

@@ -1,9 +1,8 @@
 """Refit a converted file's temperature and answer threshold on what that file computes on validation.
 
-Conversion changes the logits: run p3r's int8 file was a little less confident than its float32 file,
-and with the Keras model's temperature and threshold it answered 32.2 % of validation cells against
-float32's 35.1 %. Each file therefore carries a calibration fitted on its own outputs for the run's validation
-split (splits.csv), with training's rule (training.calibration.fit_calibration); TEST is never read.
+Conversion changes the logits (an int8 file is a little less or more confident than its float32 file),
+so each file carries a calibration fitted on its own outputs for the run's validation
+split (splits.csv), with training's rule (evaluation.calibration.fit_calibration); TEST is never read.
 """
 from __future__ import annotations
 
@@ -12,12 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from edge_app.model import Classifier
-from edge_app.vision import largest_cell_crop
-from training.calibration import TARGET_ANSWERED_ACCURACY, TARGET_LEVEL, fit_calibration
+from edge_app.core.crops import file_cell_crop
+from edge_app.core.model import Classifier
+from evaluation.calibration import TARGET_ANSWERED_ACCURACY, TARGET_LEVEL, fit_calibration
 
 
 class RecalibrationError(ValueError):
@@ -49,8 +47,7 @@ def refit(model_path: Path, images: list[tuple[Path, str, str]], threads: int | 
     classifier = Classifier(model_path, threads=threads)
     logits, labels, groups = [], [], []
     for n, (path, label, group) in enumerate(images, 1):
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        crop = None if bgr is None else largest_cell_crop(bgr, classifier.crop_settings)[0]
+        crop, _ = file_cell_crop(path, classifier.crop_settings)
         if crop is not None:  # training skipped these rows too
             logits.append(classifier.logits(classifier.raw_outputs(crop)))
             labels.append(classifier.labels.index(label))

@@ -7,12 +7,12 @@ import sys
 
 # subcommand -> (module with add_arguments/main, extra that provides its dependencies, help)
 SUBCOMMANDS = {
-    "run": ("edge_app.run", "edge", "classify cells in images, a folder, a video or a camera"),
+    "run": ("edge_app.run.cli", "edge", "classify cells in images, a folder, a video or a camera"),
     "train": ("training.cli", "train", "train a MobileNetV2 classifier on labelled cell images"),
     "convert": ("convert.cli", "train", "convert a trained model to TFLite (float32/float16/dynamic/int8)"),
-    "verify": ("convert.verify", "edge", "compare two TFLite models on labelled images (parity gate)"),
+    "verify": ("evaluation.verify", "edge", "compare two TFLite models on labelled images (parity gate)"),
     "bench": ("benchmarks.bench", "edge", "benchmark latency, size, memory and accuracy of models"),
-    "serve": ("edge_app.web", "web", "serve the web viewer"),
+    "serve": ("edge_app.web.app", "web", "serve the web viewer"),
 }
 
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        if exc.name and exc.name.split(".")[0] in {"hemato", "edge_app", "training", "convert", "benchmarks"}:
+        if exc.name and exc.name.split(".")[0] in {"hemato", "edge_app", "training", "convert", "benchmarks", "network", "evaluation"}:
             raise
         return _missing_extra(command, extra, exc)
     command_parser = argparse.ArgumentParser(prog=f"hemato {command}", description=help_text)

@@ -49,7 +49,7 @@ def build_tiny_keras(labels: list[str] = LABELS, input_size: int = 32, seed: int
 
 
 def tiny_metadata(labels: list[str], input_size: int) -> dict:
-    from edge_app.vision import CropSettings
+    from edge_app.core.vision import CropSettings
     return {"labels": labels, "input_size": input_size, "output": "logits", "temperature": 1.0,
             "crop": CropSettings(input_size=input_size).to_dict(), "model_name": "tiny-test"}
 

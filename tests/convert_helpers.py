@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from conftest import LABELS, build_tiny_keras, make_smear, tiny_metadata
-from edge_app.vision import CropSettings, largest_cell_crop
+from edge_app.core.vision import CropSettings, largest_cell_crop
 
 INPUT_SIZE = 32
 # One nucleus stain per class (BGR; blue well above green so every one is located).
@@ -38,7 +38,7 @@ def make_labelled_folder(root: Path, per_class: int, seed: int) -> Path:
 
 def crops_of(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """Model inputs and class indices of a labelled folder, cut by edge_app's crop."""
-    from edge_app.dataset import labelled_images
+    from edge_app.core.dataset import labelled_images
     settings = CropSettings(input_size=INPUT_SIZE)
     xs, ys = [], []
     for path, label in labelled_images(folder):

@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 
 from conftest import NUCLEUS_BGR, make_smear
-from edge_app.image_decode import ImageError, decode_image
-from edge_app.sources import read_image
+from edge_app.core.image_decode import ImageError, decode_image
+from edge_app.core.sources import read_image
 from hemato.cli import main as hemato
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,7 +221,7 @@ def test_huge_jpeg_is_decoded_reduced_and_boxes_are_in_source_pixels(tmp_path, t
 def test_a_10000_pixel_jpeg_is_read_without_allocating_it(tmp_path):
     path = tmp_path / "huge.jpg"
     path.write_bytes(encode(np.full((10_000, 10_000), 200, np.uint8), ".jpg"))
-    code = ("import resource, sys\nfrom edge_app.sources import read_image\n"
+    code = ("import resource, sys\nfrom edge_app.core.sources import read_image\n"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             f"image, error = read_image({str(path)!r})\n"
             "grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024\n"

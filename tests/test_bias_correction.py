@@ -78,12 +78,3 @@ def test_the_float_stem_names_the_backbone_layers_it_keeps():
     for quantised in ("block_1_expand", "block_2_project", "Conv_1", "block_12_expand", "block_16_project",
                       "logits"):
         assert not stays_float(quantised), quantised
-
-
-def test_float_blocks_extend_the_float_stem_by_whole_bottleneck_blocks():
-    from convert.converter import float_stem_layers, stays_float
-    layers = float_stem_layers(2)
-    for kept in ("Conv1", "expanded_conv_project", "block_1_expand", "block_2_project_BN"):
-        assert stays_float(kept, layers), kept
-    for quantised in ("block_3_expand", "block_11_expand", "block_12_depthwise", "Conv_1"):
-        assert not stays_float(quantised, layers), quantised

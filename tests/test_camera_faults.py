@@ -8,9 +8,10 @@ import functools
 import numpy as np
 import pytest
 
-import edge_app.run as run_module
+import edge_app.run.cli as run_module
 from conftest import make_smear
-from edge_app.sources import Camera, SourceLost, open_source
+from edge_app.core.sources import Camera, SourceLost
+from edge_app.run.sources import open_source
 from hemato.cli import main as hemato
 from test_sources import RecordingStop
 

@@ -8,9 +8,9 @@ import pytest
 from conftest import LABELS, make_smear
 from convert.calibration import stratified_order
 from convert_helpers import INPUT_SIZE, STAINS, assets, converted, crops_of
-from edge_app.metadata import read_model_metadata
-from edge_app.model import Classifier
-from edge_app.pipeline import classify_frame
+from edge_app.core.metadata import read_model_metadata
+from edge_app.core.model import Classifier
+from edge_app.core.pipeline import classify_frame
 from hemato.cli import main as hemato
 
 VARIANTS = ["float32", "float16", "dynamic", "int8"]
@@ -140,7 +140,7 @@ def _run_with_validation(tmp_path, tmp_path_factory, temperature: float) -> tupl
     """A copy of the tiny run whose metadata has `temperature` and whose splits.csv lists validation images."""
     import csv
     import shutil
-    from edge_app.dataset import labelled_images
+    from edge_app.core.dataset import labelled_images
     a = assets(tmp_path_factory)
     run = tmp_path / "run"
     shutil.copytree(a["run"], run)
@@ -155,7 +155,7 @@ def _run_with_validation(tmp_path, tmp_path_factory, temperature: float) -> tupl
 
 
 def test_conversion_refits_temperature_and_threshold_on_the_files_own_validation_outputs(tmp_path, tmp_path_factory):
-    from training.calibration import fit_calibration
+    from evaluation.calibration import fit_calibration
     run, images = _run_with_validation(tmp_path, tmp_path_factory, temperature=5.0)
     out = tmp_path / "refit.tflite"
     assert hemato(["convert", str(run), "--quant", "float32", "--out", str(out)]) == 0

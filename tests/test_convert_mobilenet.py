@@ -14,7 +14,7 @@ SIZE = 32
 
 def _run_folder(tmp_path_factory, colour_statistics: bool):
     import keras
-    from training.model import build_model
+    from network.model import build_model
     keras.utils.set_random_seed(0)
     run = tmp_path_factory.mktemp("mobilenet_run")
     build_model(len(LABELS), input_size=SIZE, weights=None, colour_statistics=colour_statistics).save(run / "model.keras")
@@ -34,8 +34,8 @@ def run_folder_backbone_only(tmp_path_factory):
 
 def convert(run, tmp_path_factory, *options) -> tuple[dict, list[tuple[str, str]]]:
     """Convert with `hemato convert`; returns the file's metadata and (op, output dtype) per op."""
-    from edge_app.metadata import read_model_metadata
-    from edge_app.model import interpreter_class
+    from edge_app.core.metadata import read_model_metadata
+    from edge_app.core.model import interpreter_class
     from hemato.cli import main as hemato
     out = tmp_path_factory.mktemp("converted") / "model_int8.tflite"
     rc = hemato(["convert", str(run), "--quant", "int8", "--calib", str(assets(tmp_path_factory)["train"]),
@@ -70,21 +70,13 @@ def test_float_stem_keeps_the_stem_and_the_head_float(run_folder, tmp_path_facto
     assert all(dtype == "float32" for _, dtype in colour), colour  # the colour statistics stay float
 
 
-def test_float_blocks_keep_more_of_the_backbone_float(run_folder, tmp_path_factory):
-    _, stem_only = convert(run_folder, tmp_path_factory, "--float-stem")
-    meta, ops = convert(run_folder, tmp_path_factory, "--float-stem", "--float-blocks", "2")
-    assert meta["float_layers"][-2:] == ["/block_1_", "/block_2_"]
-    float_convs = lambda found: sum(1 for name, dtype in found if name == "CONV_2D" and dtype == "float32")  # noqa: E731
-    assert float_convs(ops) == float_convs(stem_only) + 4  # expand and project of block_1 and block_2
-
-
 def test_float_stem_int8_corrects_the_pooled_features_in_the_head(run_folder, tmp_path_factory):
     """The per-channel correction brings int8's logits closer to float32's; the int8 backbone is unchanged."""
     from convert.calibration import build_calibration_set
     from convert.feature_correction import head_inputs
-    from edge_app.metadata import read_model_metadata
-    from edge_app.model import interpreter_class
-    from edge_app.vision import CropSettings
+    from edge_app.core.metadata import read_model_metadata
+    from edge_app.core.model import interpreter_class
+    from edge_app.core.vision import CropSettings
     from hemato.cli import main as hemato
     train = assets(tmp_path_factory)["train"]
     out = tmp_path_factory.mktemp("corrected")

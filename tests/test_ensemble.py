@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from training import ensemble
-from training.calibration import fit_temperature
+from evaluation.calibration import fit_temperature
 from training.groups import grouped_stratified_folds
 
 

@@ -6,7 +6,7 @@ pytest.importorskip("tensorflow")
 
 from conftest import build_tiny_keras  # noqa: E402
 from convert.input_fold import fold_input_scaling  # noqa: E402
-from training.model import build_model  # noqa: E402
+from network.model import build_model  # noqa: E402
 
 
 @pytest.mark.parametrize("size", [32, 33])  # even and odd sizes pad differently under 'same'

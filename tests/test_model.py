@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from conftest import LABELS, build_tiny_keras, make_smear, tiny_metadata
-from edge_app.metadata import ModelFileError
-from edge_app.model import Classifier
-from edge_app.pipeline import classify_frame
-from edge_app.vision import CropSettings, crop_for_model, locate_cells
+from edge_app.core.metadata import ModelFileError
+from edge_app.core.model import Classifier
+from edge_app.core.pipeline import classify_frame
+from edge_app.core.vision import CropSettings, crop_for_model, locate_cells
 
 pytestmark = pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")
 SIZE = 32

@@ -6,7 +6,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-import edge_app.frames
+import edge_app.core.frames
 from conftest import LABELS, build_tiny_keras, make_smear, tiny_metadata
 from hemato.cli import main as hemato
 
@@ -52,7 +52,7 @@ def test_each_model_problem_fails_fast_with_one_clear_line(tmp_path, smear_folde
     def no_reading(path):
         raise AssertionError(f"an image was read ({path}) although the model is unusable")
 
-    monkeypatch.setattr(edge_app.frames, "load_image", no_reading)
+    monkeypatch.setattr(edge_app.core.frames, "load_image", no_reading)
     csv_path = tmp_path / "never.csv"
     for name, (model, message) in bad_models(tmp_path, bare_tflite, tiny_tflite).items():
         assert hemato(["run", str(smear_folder), "--model", str(model), "--csv", str(csv_path)]) == 2, name

@@ -67,3 +67,29 @@ def test_no_interpreter_at_all_is_one_clear_line(tmp_path, smear_folder, tiny_tf
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "no TFLite interpreter found" in lines[0] and "pip install" in lines[0]
     assert not (tmp_path / "results.csv").exists()
+
+
+def test_the_edge_core_apps_and_evaluation_never_import_tensorflow(tmp_path):
+    """evaluation (hemato verify) and the edge core run on the device: importing them must not need TensorFlow."""
+    result = python_without({"tensorflow", "keras"}, tmp_path, """
+        import importlib, pkgutil, sys
+        import edge_app.core, evaluation
+        names = [m.name for package in (edge_app.core, evaluation)
+                 for m in pkgutil.iter_modules(package.__path__, package.__name__ + ".")]
+        names += ["edge_app.run.cli", "evaluation.verify"]
+        for name in names:
+            importlib.import_module(name)
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras"))
+        print("IMPORTED", len(names), "LEAKED", leaked)
+    """)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "LEAKED []" in result.stdout
+
+
+def test_the_core_imports_no_app_and_the_apps_not_each_other():
+    """edge_app.core knows nothing of run and web; run and web import only the core."""
+    rules = {"core": ("edge_app.run", "edge_app.web"), "run": ("edge_app.web",), "web": ("edge_app.run",)}
+    for part, forbidden in rules.items():
+        for path in (REPO / "edge_app" / part).glob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            assert not [name for name in forbidden if name in text], path

@@ -8,11 +8,11 @@ import functools
 import cv2
 import pytest
 
-import edge_app.run as run_module
+import edge_app.run.cli as run_module
 from conftest import LABELS, make_smear
-from edge_app.results import csv_columns
-from edge_app.resume import CsvMismatch, resume_csv
-from edge_app.sources import open_source
+from edge_app.core.records import csv_columns
+from edge_app.run.resume import CsvMismatch, resume_csv
+from edge_app.run.sources import open_source
 from hemato.cli import main as hemato
 from test_sources import FakeCamera
 

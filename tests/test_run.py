@@ -11,15 +11,15 @@ import cv2
 import numpy as np
 import pytest
 
-import edge_app.model_path
-import edge_app.run as run_module
+import edge_app.core.model_path
+import edge_app.run.cli as run_module
 from conftest import LABELS, SHARED_DATA, make_smear, requires_real_data
-from edge_app.model import Classifier
-from edge_app.model_path import DEFAULT_MODEL_NAME
-from edge_app.results import csv_columns
-from edge_app.run import Stopper
-from edge_app.sources import open_source
-from edge_app.vision import stain_mask
+from edge_app.core.model import Classifier
+from edge_app.core.model_path import DEFAULT_MODEL_NAME
+from edge_app.core.records import csv_columns
+from edge_app.run.cli import Stopper
+from edge_app.run.sources import open_source
+from edge_app.core.vision import stain_mask
 from hemato.cli import main as hemato
 from test_sources import FakeCamera, FakeCapture
 
@@ -135,7 +135,7 @@ def test_model_problems_fail_fast_with_one_line(tmp_path, smear_folder, capsys, 
     # No --model: $HEMATO_MODEL, then models/ in the current folder, then in the repository.
     monkeypatch.delenv("HEMATO_MODEL", raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(edge_app.model_path, "__file__", str(tmp_path / "site" / "edge_app" / "model_path.py"))
+    monkeypatch.setattr(edge_app.core.model_path, "__file__", str(tmp_path / "site" / "edge_app" / "model_path.py"))
     assert hemato(["run", str(smear_folder), "--csv", str(out)]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "models" / DEFAULT_MODEL_NAME) in err
@@ -299,7 +299,7 @@ def test_a_full_disk_stops_the_run_with_status_2_and_says_so(tmp_path, smear_fol
                                                              capsys):
     import errno
 
-    from edge_app.results import CsvWriter
+    from edge_app.run.results import CsvWriter
     real_put = CsvWriter._put
     written = []
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import make_smear
-from edge_app.sources import Camera, ImageFiles, SourceError, SourceLost, VideoFile, open_source, read_image
+from edge_app.core.sources import Camera, ImageFiles, SourceError, SourceLost, VideoFile, open_source, read_image
 
 
 def write_video(path, frames: int, size=(160, 120)) -> list[np.ndarray]:

@@ -9,9 +9,9 @@ import pytest
 
 from conftest import make_smear
 from training.data import DatasetError, read_dataset
-from edge_app.vision import CropSettings
+from edge_app.core.vision import CropSettings
 from training.groups import grouped_stratified_split
-from training.photographs import recover_photographs
+from evaluation.photographs import recover_photographs
 
 CLASS_COLOURS = {"BLUISH": (200, 70, 90), "PURPLE": (160, 60, 150)}
 
@@ -98,7 +98,7 @@ def test_recovered_photographs_join_rotated_mirrored_copies_and_nothing_else(tmp
 
 def test_ring_spectrum_does_not_depend_on_what_lies_outside_the_frame():
     """Rings that reach past the frame's edge must see the frame's own fill colour, not undefined memory."""
-    from training.photographs import HARMONICS, RING_RADIUS, RINGS, ring_spectrum
+    from evaluation.photographs import HARMONICS, RING_RADIUS, RINGS, ring_spectrum
     frame = make_smear(width=160, height=120, seed=3, red_cells=4, cells=[(22, 60, 20)])
     fill = [float(v) for v in np.median(frame.reshape(-1, 3), axis=0)]
     pad = RING_RADIUS + 2
@@ -111,7 +111,7 @@ def test_ring_spectrum_does_not_depend_on_what_lies_outside_the_frame():
 
 
 def test_ring_spectrum_is_the_same_for_any_crop_so_runs_share_a_split():
-    from training.photographs import ring_spectrum
+    from evaluation.photographs import ring_spectrum
     frame = make_smear(seed=4, cells=[(150, 110, 24)])
     tight = ring_spectrum(frame, CropSettings(crop_scale=1.0, min_crop_frac=0.2))
     np.testing.assert_array_equal(tight, ring_spectrum(frame, CropSettings(crop_scale=2.4, min_crop_frac=0.5)))
@@ -129,6 +129,7 @@ def test_grouped_split_keeps_each_group_on_one_side_and_stratifies():
 
 def _train(data: Path, out: Path, **options) -> dict:
     from training.train import TrainConfig, run_training
+    options = {"folds": 1, **options}  # a validation split, so that the tiny run also fine-tunes
     config = TrainConfig(input_size=32, weights="none", head_epochs=2, finetune_epochs=1,
                          finetune_from="block_13_expand", batch_size=8, seed=3, **options)
     return run_training(data, out, config)
@@ -142,7 +143,7 @@ def test_tiny_end_to_end_outputs_exist_and_load(tmp_path):
     for name in ("model.keras", "metadata.json", "history.csv", "head_history.csv", "report.json", "confusion_test.png",
                  "reliability.png", "risk_coverage.png", "splits.csv"):
         assert (out / name).is_file(), name
-    from training.model import custom_objects
+    from network.model import custom_objects
     model = keras.models.load_model(out / "model.keras", custom_objects=custom_objects())
     assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 2)
     meta = json.loads((out / "metadata.json").read_text())
@@ -188,7 +189,7 @@ def test_test_split_never_reaches_training_or_choices(tmp_path, monkeypatch):
 
 
 def test_feature_cache_is_keyed_by_images_and_weights_not_only_by_size(tmp_path):
-    from edge_app.vision import CropSettings
+    from edge_app.core.vision import CropSettings
     from training.crops import crop_cache_file
     from training.features import features_cache_file
     a = read_dataset(write_dataset(tmp_path / "a", 4, 0))
@@ -230,7 +231,7 @@ def test_train_cli_passes_the_crop_settings(monkeypatch):
 def test_cached_features_are_the_keras_backbones_features():
     """The feature cache is computed through TFLite for speed; it must hold what the Keras extractor gives."""
     from training.features import feature_extractor, rotated_features
-    from training.model import build_model
+    from network.model import build_model
     extractor = feature_extractor(build_model(2, input_size=32, weights="none"))
     crops = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3)).astype(np.uint8)
     feats = rotated_features(extractor, crops)
@@ -249,7 +250,7 @@ def _probs(confidence: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 
 
 def test_threshold_reaches_the_target_on_validation_and_answers_everything_when_all_is_right():
-    from training.calibration import choose_threshold, coverage_at
+    from evaluation.calibration import choose_threshold, coverage_at
     rng = np.random.default_rng(0)
     confidence = rng.uniform(0.5, 1.0, 400)
     y = np.zeros(400, int)
@@ -263,7 +264,7 @@ def test_threshold_reaches_the_target_on_validation_and_answers_everything_when_
 
 def test_threshold_is_stricter_when_errors_come_in_whole_photographs():
     """Ten copies of each photograph: resampling photographs sees the errors' clustering, images alone do not."""
-    from training.calibration import choose_threshold
+    from evaluation.calibration import choose_threshold
     photo_confidence = np.linspace(0.5, 1.0, 100)
     photo_wrong = np.arange(100) == 20  # one photograph of 100 wrong, at confidence 0.6: 99 % right overall
     confidence = np.repeat(photo_confidence, 10) + np.tile(np.linspace(-0.002, 0.002, 10), 100)
@@ -276,7 +277,7 @@ def test_threshold_is_stricter_when_errors_come_in_whole_photographs():
 
 
 def test_head_reads_the_pooled_feature_layers_and_the_backbone_stops_at_the_deepest():
-    from training.model import FEATURE_LAYERS, backbone_of, build_model
+    from network.model import FEATURE_LAYERS, backbone_of, build_model
     model = build_model(4, input_size=32, weights="none", colour_statistics=False)
     assert model.get_layer("pool").output.shape[-1] == 192 + 576 and FEATURE_LAYERS[-1] == "block_13_expand_relu"
     names = {layer.name for layer in backbone_of(model).layers}
@@ -290,7 +291,7 @@ def test_head_reads_the_pooled_feature_layers_and_the_backbone_stops_at_the_deep
 def test_colour_statistics_are_the_crop_s_channel_moments_and_rgb_histogram():
     """The in-graph statistics equal a plain numpy count on every 8th pixel of every 8th row."""
     import keras
-    from training.model import COLOUR_FEATURES, build_model
+    from network.model import COLOUR_FEATURES, build_model
     model = build_model(4, input_size=32, weights="none")
     assert model.get_layer("pool").output.shape[-1] == 192 + 576 + COLOUR_FEATURES
     statistics = keras.Model(model.inputs, model.get_layer("colour_statistics").output)
@@ -316,28 +317,12 @@ def test_standardisation_folds_into_the_dense_layer_exactly():
     np.testing.assert_allclose(x @ folded_kernel + folded_bias, ((x - mean) / std) @ kernel + bias, rtol=1e-4, atol=1e-4)
 
 
-def test_spread_floor_keeps_a_dead_channel_from_getting_a_huge_weight():
-    """A channel nearly constant on the training rows is divided by the floor, not by ~1e-6."""
-    from training.head import standardised_spread
-    rng = np.random.default_rng(0)
-    x = np.column_stack([rng.normal(0, 1.0, 200), rng.normal(0, 0.5, 200), np.full(200, 0.2)])
-    x[0, 2] += 1e-5  # almost dead
-    unfloored = standardised_spread(x, 0.0)
-    floored = standardised_spread(x, 1.0)
-    assert unfloored[2] < 1e-5  # m5's and m6's behaviour: a gain of about 1e5
-    median = float(np.median(x.std(axis=0)))
-    np.testing.assert_allclose(floored, np.maximum(x.std(axis=0), median) + 1e-6)
-    assert floored[2] == pytest.approx(median, rel=1e-4) and floored[0] == pytest.approx(x[:, 0].std(), rel=1e-4)
-
-
-def test_train_cli_passes_the_spread_floor(monkeypatch):
-    assert config_from_train_cli(monkeypatch, "--min-spread", "0.5").min_spread == 0.5
-    assert config_from_train_cli(monkeypatch).min_spread == 0.0  # the shipped recipe's
-
-
-def test_train_cli_passes_what_fine_tuning_trains(monkeypatch):
-    assert config_from_train_cli(monkeypatch, "--finetune-params", "batchnorm").finetune_params == "batchnorm"
-    assert config_from_train_cli(monkeypatch).finetune_params == "all"
+def test_train_defaults_are_the_shipped_recipe(monkeypatch):
+    from network.model import FEATURE_LAYERS
+    config = config_from_train_cli(monkeypatch)
+    assert (config.folds, config.finetune_epochs, config.views, config.augmented_copies) == (5, 0, 4, 2)
+    assert config.colour_statistics and config.weights == "imagenet"
+    assert config.feature_layers == FEATURE_LAYERS == ("block_6_expand_relu", "block_13_expand_relu")
 
 
 def test_feature_cache_is_keyed_by_the_pooled_layers(tmp_path):
@@ -361,9 +346,9 @@ def test_a_restarted_fine_tune_must_still_beat_the_head_only_model(tmp_path):
 
 def test_fine_tuning_trains_the_head_the_device_runs():
     """In training mode the model must compute what inference computes (BatchNorm frozen, no raw-feature
-    dropout): the folded head under dropout answered like itself on about half of m5's crops."""
+    dropout): under dropout the folded head would answer unlike itself."""
     from training.finetune import without_head_dropout
-    from training.model import build_model, unfreeze_top
+    from network.model import build_model, unfreeze_top
     model = build_model(4, input_size=32, weights="none")
     rng = np.random.default_rng(0)
     kernel, bias = model.get_layer("logits").get_weights()
@@ -374,28 +359,3 @@ def test_fine_tuning_trains_the_head_the_device_runs():
     assert not np.allclose(np.asarray(model(crops, training=True)), inference, atol=1e-3)  # dropout on raw features
     without_head_dropout(model)
     np.testing.assert_allclose(np.asarray(model(crops, training=True)), inference, rtol=1e-4, atol=1e-4)
-
-
-def test_batchnorm_fine_tuning_trains_only_scales_and_offsets():
-    """--finetune-params batchnorm: one step moves BatchNorm's gamma and beta, and nothing else: not the
-    convolutions, not BatchNorm's statistics (inference mode), not the head."""
-    import keras
-
-    from training.finetune import make_fine_tunable
-    from training.model import backbone_of, build_model
-    from training.train import TrainConfig
-    model = build_model(4, input_size=32, weights="none")
-    make_fine_tunable(model, TrainConfig(finetune_from="Conv1", finetune_params="batchnorm"))
-    trainable = {v.path for v in model.trainable_weights}
-    assert trainable and all(v.endswith(("gamma", "beta")) for v in trainable)
-    before = {v.path: np.array(v) for v in model.weights}
-    rng = np.random.default_rng(0)
-    crops = rng.integers(0, 256, (8, 32, 32, 3)).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(model(crops, training=True)), np.asarray(model(crops, training=False)),
-                               rtol=1e-4, atol=1e-4)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(crops, rng.integers(0, 4, 8), epochs=1, verbose=0)
-    changed = {v.path for v in model.weights if not np.array_equal(np.array(v), before[v.path])}
-    assert changed and changed <= trainable
-    assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in backbone_of(model).layers)

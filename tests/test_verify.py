@@ -107,7 +107,7 @@ def test_data_class_unknown_to_the_models_is_an_error(setup, tmp_path, capsys):
 
 
 def test_verify_runs_without_tensorflow():
-    code = "import sys, convert.verify; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    code = "import sys, evaluation.verify; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
 
@@ -115,7 +115,7 @@ def test_verify_runs_without_tensorflow():
 def test_report_gives_calibration_before_and_after_the_stored_temperature(setup, tmp_path):
     """ECE at temperature 1 and at the stored one, and coverage/accuracy at the stored threshold."""
     from convert.metadata_writer import embed_metadata
-    from edge_app.metadata import read_model_metadata
+    from edge_app.core.metadata import read_model_metadata
 
     meta = read_model_metadata(setup["float32"]) | {"temperature": 4.0, "min_confidence": 0.9}
     hot = tmp_path / "hot_float32.tflite"
@@ -140,14 +140,14 @@ def _comparison(agreement: float, answered: float | None, floor: float | None, d
     (_comparison(0.99, 1.0, 0.95, drop=0.6), "accuracy drop"),
 ])
 def test_gate_fails_on_each_criterion(comparison, reason):
-    from convert.verify import apply_gate
+    from evaluation.verify import apply_gate
     apply_gate(comparison, max_drop_pp=0.5, min_agreement_pct=99.0)
     assert not comparison["passed"] and len(comparison["failures"]) == 1 and reason in comparison["failures"][0]
 
 
 def test_gate_passes_near_tie_flips_within_the_mirror_floor():
     """A calibrated model's int8 copy may flip close calls, as a mirrored crop does, if sure answers hold."""
-    from convert.verify import apply_gate
+    from evaluation.verify import apply_gate
     comparison = _comparison(0.965, 1.0, 0.955)
     apply_gate(comparison, max_drop_pp=0.5, min_agreement_pct=99.0)
     assert comparison["passed"] and comparison["failures"] == []
@@ -177,7 +177,7 @@ def test_cell_bootstrap_resamples_cells_not_images():
     never borrows another's cells; with every cell right the interval is a point."""
     import numpy as np
 
-    from convert.cell_interval import cell_bootstrap
+    from evaluation.cell_interval import cell_bootstrap
     uneven = cell_bootstrap(np.array([1, 1, 1, 0]), np.array(["A"] * 4), np.array([0, 0, 0, 1]), resamples=2000)
     assert uneven["cells"] == 2 and uneven["low"] == 0.0 and uneven["high"] == 1.0
     labels, cells = np.array(["A"] * 4 + ["B"] * 4), np.array([0, 0, 1, 1, 2, 2, 3, 3])

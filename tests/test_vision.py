@@ -2,7 +2,7 @@
 import numpy as np
 
 from conftest import make_smear
-from edge_app.vision import Box, CropSettings, crop_for_model, locate_cells
+from edge_app.core.vision import Box, CropSettings, crop_for_model, locate_cells
 
 
 def test_one_cell_box_contains_nucleus():
@@ -52,8 +52,8 @@ def test_settings_round_trip_ignores_unknown_keys():
 
 
 def test_colour_guard_flags_crops_unlike_training():
-    from edge_app.ood import ColourGuard
-    from edge_app.vision import crop_statistics
+    from edge_app.core.ood import ColourGuard
+    from edge_app.core.vision import crop_statistics
     settings = CropSettings(input_size=32)
     usual = [crop_for_model(make_smear(seed=i), locate_cells(make_smear(seed=i), settings)[0], 32) for i in range(40)]
     stats = np.array([crop_statistics(c, settings) for c in usual])

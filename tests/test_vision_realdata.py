@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_DATA, requires_real_data
-from edge_app.dataset import images_in
-from edge_app.vision import CropSettings, locate_cells, stain_mask
+from edge_app.core.dataset import images_in
+from edge_app.core.vision import CropSettings, locate_cells, stain_mask
 
 pytestmark = [requires_real_data, pytest.mark.realdata]
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import cv2
 import pytest
 
-import edge_app.watch
+import edge_app.run.watch
 from conftest import make_smear
-from edge_app.model import Classifier
-from edge_app.results import CsvWriter
-from edge_app.run import run
-from edge_app.watch import WatchFolder
+from edge_app.core.model import Classifier
+from edge_app.run.results import CsvWriter
+from edge_app.run.cli import run
+from edge_app.run.watch import WatchFolder
 
 REPO = Path(__file__).resolve().parents[1]
 HANG_GUARD_S = 120  # only so that a broken watcher fails instead of hanging CI; not a timing requirement
@@ -50,7 +50,7 @@ def test_a_slowly_written_file_is_read_once_when_complete_and_a_vanished_one_is_
     (folder / "old.jpg").write_bytes(jpeg(1))
     (folder / "ghost.jpg").write_bytes(jpeg(2))
     reads, finished = [], {}
-    real_image_frame = edge_app.watch.image_frame
+    real_image_frame = edge_app.run.watch.image_frame
 
     def recording_image_frame(path):
         if path.name == "ghost.jpg":
@@ -58,7 +58,7 @@ def test_a_slowly_written_file_is_read_once_when_complete_and_a_vanished_one_is_
         reads.append((path.name, path.stat().st_size if path.exists() else None, time.monotonic()))
         return real_image_frame(path)
 
-    monkeypatch.setattr(edge_app.watch, "image_frame", recording_image_frame)
+    monkeypatch.setattr(edge_app.run.watch, "image_frame", recording_image_frame)
     data = jpeg(3)
 
     def slow_copy():

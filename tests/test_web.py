@@ -16,9 +16,9 @@ from conftest import LABELS, make_smear
 
 flask = pytest.importorskip("flask")
 
-from edge_app import web  # noqa: E402
-from edge_app.model import Classifier  # noqa: E402
-from edge_app.model_path import DEFAULT_MODEL_NAME, default_model_path  # noqa: E402
+from edge_app.web import app as web  # noqa: E402
+from edge_app.core.model import Classifier  # noqa: E402
+from edge_app.core.model_path import DEFAULT_MODEL_NAME, default_model_path  # noqa: E402
 
 
 def png(bgr) -> bytes:
@@ -92,7 +92,7 @@ def test_uncertain_below_threshold(classifier):
 def test_non_image_is_400(client):
     r = post_image(client, b"%PDF-1.4 definitely not a picture", name="report.pdf")
     assert r.status_code == 400
-    assert "not an image" in r.get_json()["error"]
+    assert "unsupported format: PDF" in r.get_json()["error"]
     r = client.post("/api/classify", data={}, content_type="multipart/form-data")
     assert r.status_code == 400 and "'file'" in r.get_json()["error"]
 
@@ -124,14 +124,14 @@ def test_uploads_stay_in_memory(client, monkeypatch):
 
 def test_decompression_bomb_is_400():
     # OpenCV reads its pixel limit when first imported, so check in a fresh process, as `hemato serve` starts.
-    script = ("from edge_app import web\n"
+    script = ("from edge_app.web import app as web\n"
               "import cv2, numpy as np\n"
               "bomb = cv2.imencode('.png', np.zeros((8000, 8000), np.uint8))[1].tobytes()  # 64 MP in 70 kB\n"
-              "try:\n    web.decode_image(bomb)\nexcept web.BadImage as exc:\n    print('refused:', exc)\n")
+              "try:\n    web.decode_upload(bomb)\nexcept web.BadImage as exc:\n    print('refused:', exc)\n")
     env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                          cwd=Path(web.__file__).parents[1], timeout=120)
-    assert "refused: the image is too large" in out.stdout, out.stderr
+    assert "refused: image too large" in out.stdout, out.stderr
 
 
 def test_pages_and_session_differential_csv(client):

@@ -20,7 +20,7 @@ import cv2
 import pytest
 
 from conftest import LABELS, SHARED_DATA, make_smear
-from edge_app.model_path import DEFAULT_MODEL_NAME
+from edge_app.core.model_path import DEFAULT_MODEL_NAME
 
 pytest.importorskip("flask")
 
@@ -116,8 +116,8 @@ def serving(model_path: Path, threads: int = 1):
     """The web app for a model on a free local port, in a thread, as `hemato serve` runs it (threaded)."""
     from werkzeug.serving import make_server
 
-    from edge_app.model import Classifier
-    from edge_app.web import create_app
+    from edge_app.core.model import Classifier
+    from edge_app.web.app import create_app
 
     app = create_app(Classifier(model_path, threads=threads))
     httpd = make_server("127.0.0.1", 0, app, threaded=True)

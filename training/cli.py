@@ -21,16 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     parser.add_argument("--head-epochs", type=int, default=DEFAULTS.head_epochs, help="max epochs, frozen backbone")
     parser.add_argument("--finetune-epochs", type=int, default=DEFAULTS.finetune_epochs,
-                        help="max epochs fine-tuning the top of the backbone (0 to skip)")
+                        help="max epochs fine-tuning the top of the backbone (default 0: none; needs --folds 1)")
     parser.add_argument("--finetune-from", default=DEFAULTS.finetune_from, help="first backbone layer to unfreeze")
     parser.add_argument("--finetune-lr", type=float, default=DEFAULTS.finetune_lr)
-    parser.add_argument("--finetune-params", choices=("all", "batchnorm"), default=DEFAULTS.finetune_params,
-                        help="what fine-tuning trains from --finetune-from on: the convolutions and the head (all, "
-                             "the default) or only the BatchNorm scales and offsets, with the head frozen")
     parser.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
-    parser.add_argument("--min-spread", type=float, default=DEFAULTS.min_spread,
-                        help="floor on each feature's spread when the head standardises it, as a multiple of the "
-                             "median feature's spread (default %(default)s; 0: none, as m5 and m6)")
     parser.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction)
     parser.add_argument("--patience", type=int, default=DEFAULTS.patience, help="early-stopping patience (epochs)")
     parser.add_argument("--views", type=int, choices=(1, 2, 4), default=DEFAULTS.views,
@@ -48,9 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-colour-statistics", dest="colour_statistics", action="store_false",
                         help="the head reads the pooled backbone features only, not the crop's colour statistics")
     parser.add_argument("--folds", type=int, default=DEFAULTS.folds,
-                        help="1: hold out a validation split (default); K>1: no split, the head is the mean of K "
-                             "heads trained on K-1 folds of whole photographs each, calibrated out of fold, and "
-                             "the backbone is not fine-tuned")
+                        help="K>1 (default %(default)s): no split, the head is the mean of K heads trained on K-1 "
+                             "folds of whole photographs each, calibrated out of fold, the backbone not fine-tuned; "
+                             "1: hold out a validation split")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
     parser.add_argument("--cache", type=Path, default=None, help="crop/feature cache folder (default OUT/cache)")
 
@@ -58,15 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run training and print the headline figures."""
     from training.data import DatasetError
-    from training.model import WeightsError
+    from network.model import WeightsError
     from training.train import run_training
 
     config = TrainConfig(input_size=args.input_size, weights=args.weights, batch_size=args.batch_size,
                          head_epochs=args.head_epochs, finetune_epochs=args.finetune_epochs,
                          finetune_from=args.finetune_from, finetune_lr=args.finetune_lr,
-                         finetune_params=args.finetune_params, dropout=args.dropout,
-                         min_spread=args.min_spread,
-                         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
+                         dropout=args.dropout, val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
                          views=args.views, crop_scale=args.crop_scale,
                          min_crop_frac=args.min_crop_frac, feature_layers=tuple(args.feature_layers),
                          augmented_copies=args.augmented_copies, folds=args.folds,

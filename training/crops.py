@@ -6,19 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from edge_app.vision import CropSettings, largest_cell_crop
-
-
-def crop_image_file(path: str, settings: CropSettings) -> tuple[np.ndarray | None, str]:
-    """Return (RGB crop of the largest located cell, "") or (None, reason)."""
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        return None, "unreadable image"
-    crop, _ = largest_cell_crop(bgr, settings)
-    return (crop, "") if crop is not None else (None, "no stained cell found")
+from edge_app.core.crops import file_cell_crop
+from edge_app.core.vision import CropSettings
 
 
 def cache_key(paths: list[str], settings: CropSettings) -> str:
@@ -47,7 +38,7 @@ def cached_crops(paths: list[str], settings: CropSettings, cache_dir: Path,
     crops = np.zeros((len(paths), size, size, 3), np.uint8)
     reasons = []
     for i, path in enumerate(paths):
-        crop, reason = crop_image_file(path, settings)
+        crop, reason = file_cell_crop(path, settings)
         if crop is not None:
             crops[i] = crop
         reasons.append(reason)

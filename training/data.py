@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from edge_app.dataset import images_in
+from edge_app.core.dataset import images_in
 SPLIT_NAMES = {"train": "train", "test": "test", "val": "val", "validation": "val"}
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from edge_app.model import softmax
-from training import calibration, plots
-from training.calibration import TARGET_ANSWERED_ACCURACY, TARGET_LEVEL
-from training.metrics import classification_report
+from edge_app.core.model import softmax
+from evaluation import calibration, plots
+from evaluation.calibration import TARGET_ANSWERED_ACCURACY, TARGET_LEVEL
+from evaluation.metrics import classification_report
 
 
 def predict_logits(model, crops: np.ndarray, rows: np.ndarray, batch_size: int = 16) -> np.ndarray:

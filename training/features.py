@@ -1,7 +1,7 @@
 """Backbone features of cached crops under the four 90-degree rotations, computed once.
 
 They train the head quickly on CPU (the frozen backbone would otherwise run every epoch).
-Copies of one photograph are found by training.photographs, not from these features.
+Copies of one photograph are found by evaluation.photographs, not from these features.
 """
 from __future__ import annotations
 
@@ -24,8 +24,7 @@ def features_cache_file(crops_file: Path, weights: str | None, rows: int,
     if weights and Path(str(weights)).is_file():
         stat = Path(str(weights)).stat()
         tag += "_" + hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:8]
-    if tuple(feature_layers) != ("out_relu",):  # the first runs' files, kept valid
-        tag += "_" + hashlib.sha256("+".join(feature_layers).encode()).hexdigest()[:8]
+    tag += "_" + hashlib.sha256("+".join(feature_layers).encode()).hexdigest()[:8]
     key = Path(crops_file).stem.removeprefix("crops_")
     return Path(crops_file).parent / f"features_{key}_{tag}_{rows}.npy"
 
@@ -41,15 +40,14 @@ def _tflite_runner(extractor):
     """A function that runs one crop (S x S x 3) through a TFLite copy of the Keras extractor.
 
     On a CPU the TFLite interpreter (XNNPACK) runs the frozen backbone several times faster than Keras,
-    with the same features up to float rounding: a full run's 39,720 passes took about 4 min on this
-    2-core machine, where earlier runs reported about 29 min for them in Keras.
+    with the same features up to float rounding.
     """
     import os
 
-    from convert.converter import convert_model
-    from edge_app.model import interpreter_class
+    from edge_app.core.model import interpreter_class
+    from network.tflite import float32_tflite
 
-    model_bytes = convert_model(extractor, "float32", extractor.input_shape[1])
+    model_bytes = float32_tflite(extractor, extractor.input_shape[1])
     interpreter = interpreter_class()[0](model_content=model_bytes, num_threads=os.cpu_count() or 1)
     interpreter.allocate_tensors()
     input_index = interpreter.get_input_details()[0]["index"]
@@ -90,9 +88,8 @@ def augmented_features(extractor, crops: np.ndarray, copies: int, seed: int,
                        label: str = "augmented features") -> np.ndarray:
     """Array (copies, N, D) of pooled features of augmented crops (training.augment), one view each.
 
-    The head trained on these as well as on the clean crops keeps its validation accuracy and reads
-    colour- and scale-jittered crops far better: on the photograph split, a head on the mid-level
-    layers read jittered validation crops at 63-67 % trained on clean features only, 82 % with these.
+    A head trained on these as well as on the clean crops reads colour- and scale-jittered crops far
+    better (chosen on validation, see docs/experiments/).
     """
     import tensorflow as tf
 

@@ -62,24 +62,10 @@ def without_head_dropout(model) -> None:
     """Switch off the head's dropout for fine-tuning: its dense weights are folded over raw features.
 
     The head was trained with dropout on standardised features (mean 0). Folded, the same dropout
-    drops raw features whose mean is far from 0 while the bias still subtracts their mean share: in
-    training mode m5's head agreed with its own inference on 51 % of crops, so fine-tuning (training
-    loss 3.0 against 0.3 in inference) learnt against a scrambled head and never kept an epoch.
+    drops raw features whose mean is far from 0 while the bias still subtracts their mean share, so
+    fine-tuning would learn against a scrambled head.
     """
     model.get_layer("dropout").rate = 0.0
-
-
-def make_fine_tunable(model, config) -> None:
-    """Set what fine-tuning trains (config.finetune_from, config.finetune_params), head dropout off.
-
-    "batchnorm" trains only BatchNorm's scales and offsets and freezes the head: the features adapt
-    to the head they were fitted for.
-    """
-    from training.model import unfreeze_top
-    batchnorm_only = config.finetune_params == "batchnorm"
-    unfreeze_top(model, config.finetune_from, batchnorm_only=batchnorm_only)
-    model.get_layer("logits").trainable = not batchnorm_only
-    without_head_dropout(model)
 
 
 def finetune(model, crops: np.ndarray, y: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
@@ -91,13 +77,16 @@ def finetune(model, crops: np.ndarray, y: np.ndarray, train_rows: np.ndarray, va
     """
     import keras
 
+    from network.model import unfreeze_top
+
     out_dir = Path(out_dir)
     best = out_dir / "checkpoints" / "best.weights.h5"
     done = out_dir / "checkpoints" / "finetune.done"
     best.parent.mkdir(parents=True, exist_ok=True)
     if config.finetune_epochs <= 0:
         return
-    make_fine_tunable(model, config)
+    unfreeze_top(model, config.finetune_from)
+    without_head_dropout(model)
     model.compile(optimizer=keras.optimizers.Adam(config.finetune_lr),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     if done.exists():
@@ -122,7 +111,7 @@ def finetune(model, crops: np.ndarray, y: np.ndarray, train_rows: np.ndarray, va
         keras.callbacks.CSVLogger(str(history_csv), append=True),
         epoch_summary(),
     ]
-    print(f"fine-tune: {config.finetune_params} from {config.finetune_from}, lr {config.finetune_lr}, "
+    print(f"fine-tune: from {config.finetune_from}, lr {config.finetune_lr}, "
           f"up to {config.finetune_epochs} epochs", file=sys.stderr)
     # the dataset shuffles itself (make_dataset); Keras's own shuffle does not apply to tf.data and only warns
     model.fit(train_ds, validation_data=val_ds, epochs=config.finetune_epochs, class_weight=class_weight,

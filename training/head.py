@@ -6,29 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-
-def fold_affine_input(kernel: np.ndarray, bias: np.ndarray, gain: np.ndarray,
-                      offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Dense weights on raw features x equal to (kernel, bias) on gain * x + offset: no extra op in the graph."""
-    return (kernel * gain[:, None]).astype(np.float32), (bias + offset @ kernel).astype(np.float32)
+from network.model import fold_affine_input
 
 
 def fold_standardisation(kernel: np.ndarray, bias: np.ndarray, mean: np.ndarray,
                          std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Dense weights on raw features equal to (kernel, bias) on standardised ones, (x - mean) / std."""
     return fold_affine_input(kernel, bias, 1.0 / std, -mean / std)
-
-
-def standardised_spread(x: np.ndarray, min_spread: float) -> np.ndarray:
-    """Each feature's spread for standardisation, floored at min_spread x the median feature's spread.
-
-    Without a floor a channel that is nearly dead on the training crops (spread ~0) is divided by
-    ~1e-6, and its dense weight on raw features becomes huge (m6: 72 on a channel of spread 0.0016):
-    a new photograph, or a fine-tuning step, that wakes the channel swings the logits. The floor did
-    not change accuracy measurably (models/README.md, G_B). 0 keeps the old behaviour (m5, m6).
-    """
-    std = x.std(axis=0)
-    return np.maximum(std, min_spread * float(np.median(std))) + 1e-6
 
 
 def stacked_views(feats: np.ndarray, y: np.ndarray, pos, augmented: np.ndarray | None = None
@@ -57,11 +41,10 @@ def fit_dense(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val
 
     log_csv, when given, receives one row per epoch (keras.callbacks.CSVLogger).
     Features are standardised with the training rows' mean and spread (the pooled layers differ in
-    scale), and the standardisation is folded into the returned weights. The spread is floored at
-    config.min_spread times the median feature's (standardised_spread).
+    scale), and the standardisation is folded into the returned weights.
     """
     import keras
-    mean, std = x_train.mean(axis=0), standardised_spread(x_train, config.min_spread)
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
     inputs = keras.Input((x_train.shape[-1],))
     x = keras.layers.Dropout(config.dropout)(inputs)
     outputs = keras.layers.Dense(units)(x)

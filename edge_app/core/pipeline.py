@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_app.model import Classifier
-from edge_app.vision import Box, crop_for_model, crop_statistics, locate_cells
+from edge_app.core.model import Classifier
+from edge_app.core.vision import Box, crop_for_model, crop_statistics, locate_cells
 
 
 UNCERTAIN = "UNCERTAIN"

@@ -1,9 +1,9 @@
 """`hemato verify REF CANDIDATE...`: compare TFLite models on labelled images, as a parity gate.
 
-Every model sees the same images through edge_app's real crop and Classifier. Imports only
-numpy, OpenCV and edge_app, so it runs on the device without TensorFlow.
+Every model sees the same images through edge_app's decoder, crop and Classifier. Imports only
+numpy, OpenCV, edge_app and evaluation, so it runs on the device without TensorFlow.
 
-The gate: a candidate may lose at most --max-drop points of accuracy; it must give the reference's
+The gate: a compared model may lose at most --max-drop points of accuracy; it must give the reference's
 class on --min-agreement of the cells the reference answers (at or above its stored threshold); and
 over all cells it may change no more classes than mirroring the crop changes the reference's own.
 A mirrored cell is the same cell, so the reference's agreement with itself on mirrored crops is the
@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from edge_app.dataset import labelled_images
-from edge_app.metadata import ModelFileError
-from edge_app.model import Classifier
-from edge_app.pipeline import decide, is_unusual_crop
-from edge_app.vision import CropSettings, largest_cell_crop
-from training.calibration import coverage_of_answers, expected_calibration_error, reliability_bins, risk_coverage
+from edge_app.core.dataset import labelled_images
+from edge_app.core.frames import read_image
+from edge_app.core.metadata import ModelFileError
+from edge_app.core.model import Classifier
+from edge_app.core.pipeline import decide, is_unusual_crop
+from edge_app.core.vision import CropSettings, largest_cell_crop
+from evaluation.calibration import coverage_of_answers, expected_calibration_error, reliability_bins, risk_coverage
 
 PRINTED_DISAGREEMENTS = 20
 
@@ -86,7 +86,7 @@ def predict_all(models: list[Classifier], images: list[tuple[Path, str]]) -> tup
     runs = [Predictions(m) for m in models]
     unreadable = 0
     for n, (path, _) in enumerate(images, 1):
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        bgr, _ = read_image(path)
         unreadable += bgr is None
         crops: dict[CropSettings, np.ndarray | None] = {}
         for run in runs:
@@ -153,13 +153,13 @@ def model_summary(run: Predictions, images: list[tuple[Path, str]]) -> dict[str,
             "mean_invoke_ms": float(np.mean(run.invoke_ms)) if run.invoke_ms else None}
 
 
-def compare(ref: Predictions, cand: Predictions, images: list[tuple[Path, str]],
+def compare(ref: Predictions, other: Predictions, images: list[tuple[Path, str]],
             summaries: tuple[dict, dict]) -> dict[str, Any]:
-    """Top-1 agreement, probability differences and disagreements of a candidate against the reference."""
-    order = [cand.classifier.labels.index(label) for label in ref.classifier.labels]
+    """Top-1 agreement, probability differences and disagreements of a compared model against the reference."""
+    order = [other.classifier.labels.index(label) for label in ref.classifier.labels]
     compared = agree = answered = answered_agree = 0
     diffs, disagreements = [], []
-    for (path, label), a, b, pa, pb, ref_answered in zip(images, ref.top, cand.top, ref.probs, cand.probs,
+    for (path, label), a, b, pa, pb, ref_answered in zip(images, ref.top, other.top, ref.probs, other.probs,
                                                           ref.answered):
         if a is None and b is None:
             continue
@@ -249,7 +249,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", f"{len(dis)} disagreement(s) {c['reference']} vs {c['candidate']}"
                   + (f" (first {PRINTED_DISAGREEMENTS}; all in the JSON)" if len(dis) > PRINTED_DISAGREEMENTS else "")]
         if dis:
-            lines += ["", "| image | label | reference | candidate |", "|---|---|---|---|"]
+            lines += ["", "| image | label | reference | compared |", "|---|---|---|---|"]
             lines += [f"| {d['path']} | {d['label']} | {d['reference']} | {d['candidate']} |"
                       for d in dis[:PRINTED_DISAGREEMENTS]]
     return "\n".join(lines) + "\n"
@@ -258,14 +258,14 @@ def markdown(report: dict[str, Any]) -> str:
 def require_matplotlib() -> None:
     """--plots needs matplotlib (the train extra); say so before any model runs."""
     try:
-        import matplotlib  # noqa: F401  (training.plots imports it lazily)
+        import matplotlib  # noqa: F401  (evaluation.plots imports it lazily)
     except ImportError as exc:
         raise VerifyError(f"--plots needs matplotlib ({exc}): pip install 'hemato-edge[train]'") from exc
 
 
 def write_plots(runs: list[Predictions], images: list[tuple[Path, str]], folder: Path) -> list[Path]:
     """reliability.png (before/after each model's temperature) and risk_coverage.png (threshold marked)."""
-    from training import plots
+    from evaluation import plots
     reliability, curves, points = {}, {}, {}
     for run in runs:
         name, clf = run.classifier.name, run.classifier
@@ -289,7 +289,7 @@ def write_plots(runs: list[Predictions], images: list[tuple[Path, str]], folder:
 
 def add_cell_intervals(runs: list[Predictions], images: list[tuple[Path, str]], summaries: list[dict]) -> None:
     """Add each model's accuracy interval over the recovered cells to its summary ("cell_interval")."""
-    from convert.cell_interval import cell_bootstrap, recover_cells
+    from evaluation.cell_interval import cell_bootstrap, recover_cells
     cell_ids = recover_cells(images, runs[0].classifier.crop_settings)
     labels = np.array([label for _, label in images])
     for run, summary in zip(runs, summaries):
@@ -299,13 +299,13 @@ def add_cell_intervals(runs: list[Predictions], images: list[tuple[Path, str]], 
 
 def verify(paths: list[Path], data: Path, max_drop_pp: float = 0.5, min_agreement_pct: float = 99.0,
            threads: int | None = None, plots: Path | None = None, cells: bool = False) -> dict[str, Any]:
-    """Compare each candidate with the reference (the first path) and return the full report.
+    """Compare each other model with the reference (the first path) and return the full report.
 
     With cells, each model's accuracy also gets a bootstrap interval over the cells behind the images
-    (convert.cell_interval).
+    (evaluation.cell_interval).
     """
     if len(paths) < 2:
-        raise VerifyError("give a reference model and at least one candidate")
+        raise VerifyError("give a reference model and at least one model to compare with it")
     if plots is not None:
         require_matplotlib()
     models = load_models(paths, threads)
@@ -329,12 +329,12 @@ def verify(paths: list[Path], data: Path, max_drop_pp: float = 0.5, min_agreemen
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", type=Path, nargs="+", metavar="MODEL",
-                        help="reference .tflite (e.g. float32) then one or more candidates (e.g. int8)")
+                        help="reference .tflite (e.g. float32) then one or more models to compare with it (e.g. int8)")
     parser.add_argument("--data", type=Path, required=True, help="folder of class folders of labelled images")
     parser.add_argument("--json", type=Path, help="write the full report (all disagreements) as JSON")
     parser.add_argument("--markdown", type=Path, help="also write the Markdown report to this file")
     parser.add_argument("--max-drop", type=float, default=0.5,
-                        help="fail when a candidate's top-1 accuracy is lower by more than this (pp, default 0.5)")
+                        help="fail when a compared model's top-1 accuracy is lower by more than this (pp, default 0.5)")
     parser.add_argument("--min-agreement", type=float, default=99.0,
                         help="fail when top-1 agreement on the cells the reference answers is below this "
                              "(%%, default 99); over all cells, agreement must reach the reference's own on "
@@ -348,7 +348,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """0 when every candidate passes the gate, 1 when one fails, 2 on an error the user can fix."""
+    """0 when every compared model passes the gate, 1 when one fails, 2 on an error the user can fix."""
     try:
         report = verify(args.models, args.data, args.max_drop, args.min_agreement, args.threads, args.plots,
                         args.cells)

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.vision import CropSettings
-from training.photographs import localisation_only, recover_photographs
+from edge_app.core.vision import CropSettings
+from evaluation.photographs import localisation_only, recover_photographs
 
 RESAMPLES = 10_000
 
 
 def recover_cells(images: list[tuple[Path, str]], settings: CropSettings) -> np.ndarray:
-    """A cell id per image: copies of one photograph share it (training.photographs)."""
+    """A cell id per image: copies of one photograph share it (evaluation.photographs)."""
     labels = np.array([label for _, label in images])
     return recover_photographs([str(path) for path, _ in images], labels, localisation_only(settings))
 

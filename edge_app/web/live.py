@@ -1,6 +1,6 @@
 """The web viewer's live view: a background thread classifies camera frames and serves them as MJPEG.
 
-Frames come from edge_app.sources (camera index, picamera, video file) and are drawn by edge_app.overlay,
+Frames come from edge_app.core.sources (camera index, picamera, video file) and are drawn by edge_app.core.overlay,
 as in `hemato run`; unlike `run`, a lost camera is retried forever and a file loops, so the page stays up.
 """
 from __future__ import annotations
@@ -12,10 +12,11 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
-from edge_app.model import Classifier
-from edge_app.overlay import PALETTE, UNCERTAIN_BGR, FpsMeter, draw_results
-from edge_app.pipeline import FrameResult, classify_frame
-from edge_app.sources import SourceLost, open_source
+from edge_app.core.frames import as_bgr
+from edge_app.core.model import Classifier
+from edge_app.core.overlay import PALETTE, UNCERTAIN_BGR, FpsMeter, draw_results
+from edge_app.core.pipeline import FrameResult, classify_frame
+from edge_app.core.sources import SourceLost, open_source
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,6 @@ def message_frame(text: str, width: int = 640, height: int = 360) -> bytes:
     for i, line in enumerate(text.splitlines() or [""]):
         cv2.putText(img, line[:60], (20, 40 + 30 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
     return encode_jpeg(img)
-
-
-def _as_bgr(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR) if image.shape[2] == 4 else image
 
 
 class LiveCamera:
@@ -128,7 +123,7 @@ class LiveCamera:
                     if frame.image is None:
                         self._fail(f"{frame.source}: {frame.error}")
                         continue
-                    self._process(_as_bgr(frame.image))
+                    self._process(as_bgr(frame.image))
                     frames += 1
                     if not source.live:
                         self._stop.wait(FILE_PERIOD_S)

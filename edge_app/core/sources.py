@@ -1,4 +1,4 @@
-"""Frame sources for `hemato run`: image files, a folder, a video file, an OpenCV camera, the Pi camera.
+"""Frame sources: image files, a folder, a video file, an OpenCV camera, the Pi camera.
 
 Every source yields Frame objects with a BGR image (OpenCV order) or an error saying why there is none.
 Sources also say which CSV `source` names they produce (covers) and can leave out names already done (skip),
@@ -14,12 +14,11 @@ from typing import Any, Callable, Iterator
 import cv2
 import numpy as np
 
-from edge_app.dataset import IMAGE_SUFFIXES, images_in
-from edge_app.frames import VANISHED, Frame, image_frame, read_image
-from edge_app.watch import WatchFolder
+from edge_app.core.dataset import IMAGE_SUFFIXES, images_in
+from edge_app.core.frames import VANISHED, Frame, image_frame, read_image
 
-__all__ = ["Camera", "Frame", "ImageFiles", "Source", "SourceError", "SourceLost", "VideoFile", "WatchFolder",
-           "open_source", "read_image"]
+__all__ = ["Camera", "Frame", "ImageFiles", "Source", "SourceError", "SourceLost", "VideoFile", "open_source",
+           "read_image"]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
 
@@ -246,21 +245,16 @@ def picamera_opener() -> Callable[[], Any]:
     return lambda: _PicameraCapture(Picamera2)
 
 
-Source = ImageFiles | VideoFile | Camera | WatchFolder
+Source = ImageFiles | VideoFile | Camera
 
 
 def open_source(spec: str, every: int = 1, camera_opener: Callable[[], Any] | None = None,
                 reopen_attempts: int = 3, backoff_s: float = 0.5, stop: threading.Event | None = None,
-                read_retries: int = 3, retry_wait_s: float = 0.1, watch: bool = False, poll_s: float = 1.0,
-                settle_s: float = 2.0) -> Source:
-    """The source named on the command line: camera index, "picamera", folder (watched or not), video or image."""
+                read_retries: int = 3, retry_wait_s: float = 0.1) -> Source:
+    """The source named on the command line: camera index, "picamera", folder, video or image."""
     camera = dict(every=every, reopen_attempts=reopen_attempts, backoff_s=backoff_s, stop=stop,
                   read_retries=read_retries, retry_wait_s=retry_wait_s)
     path = Path(spec).expanduser()
-    if watch:
-        if not path.is_dir():
-            raise SourceError(f"--watch needs a folder: {spec} is not one")
-        return WatchFolder(path, poll_s, settle_s, stop)
     if spec.isdigit():
         return Camera(spec, camera_opener or (lambda: cv2.VideoCapture(int(spec))), **camera)
     if spec == "picamera":

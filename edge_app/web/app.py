@@ -1,43 +1,38 @@
-"""`hemato serve`: a small Flask viewer and JSON API around edge_app.pipeline.classify_frame.
+"""`hemato serve`: a small Flask viewer and JSON API around edge_app.core.pipeline.classify_frame.
 
-Uploads are decoded in memory (never written to disk); the classifier is shared behind a lock.
+Uploads are decoded in memory (never written to disk) by the core decoder; the classifier is shared behind a lock.
 """
 from __future__ import annotations
 
-import os
+import argparse
+import base64
+import csv
+import io
+import secrets
+import signal
+import sys
+import threading
+import time
+import unicodedata
+from collections import OrderedDict
+from typing import Any
 
-# OpenCV reads this once, when it is first imported: refuse decompression bombs (a 20 MB PNG can
-# hold a gigapixel image). Only effective when this module is imported before cv2, as in `hemato serve`.
-MAX_IMAGE_PIXELS = 50_000_000
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
+import cv2
+import numpy as np
+from flask import Flask, Request, Response, jsonify, render_template, request, session
+from werkzeug.exceptions import HTTPException
 
-import argparse  # noqa: E402
-import base64  # noqa: E402
-import csv  # noqa: E402
-import io  # noqa: E402
-import secrets  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import unicodedata  # noqa: E402
-from collections import OrderedDict  # noqa: E402
-from typing import Any  # noqa: E402
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from flask import Flask, Request, Response, jsonify, render_template, request, session  # noqa: E402
-from werkzeug.exceptions import HTTPException  # noqa: E402
-
-from edge_app.metadata import ModelFileError  # noqa: E402
-from edge_app.model import Classifier, runtime_version  # noqa: E402
-from edge_app.model_path import DEFAULT_MODEL_NAME, MODEL_ENV  # noqa: E402
-from edge_app.overlay import draw_results  # noqa: E402
-from edge_app.pipeline import UNCERTAIN, FrameResult, classify_frame  # noqa: E402
-from edge_app.results import BASE_COLUMNS, cell_record, csv_columns, csv_values  # noqa: E402
-from edge_app.web_live import LiveCamera, colour_hex, encode_jpeg, mjpeg_stream  # noqa: E402
+from edge_app.core.image_decode import ImageError, decode_image
+from edge_app.core.metadata import ModelFileError
+from edge_app.core.model import Classifier, runtime_version
+from edge_app.core.model_path import MODEL_HELP, find_model
+from edge_app.core.overlay import draw_results
+from edge_app.core.pipeline import UNCERTAIN, FrameResult, classify_frame
+from edge_app.core.records import BASE_COLUMNS, cell_record, csv_columns, csv_values
+from edge_app.web.live import LiveCamera, colour_hex, encode_jpeg, mjpeg_stream
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_IMAGE_PIXELS = 50_000_000  # an upload may claim a huge image in a small file: refused before decoding
 ANNOTATED_MAX_SIDE = 1280      # the page's annotated JPEG is at most this large
 MAX_SESSIONS = 64              # browser sessions remembered (least recently used dropped)
 MAX_SESSION_ROWS = 20_000      # rows remembered per session
@@ -45,22 +40,15 @@ ROW_FIELDS = BASE_COLUMNS      # the CSV of `hemato run`: source, frame, cell, l
 
 
 class BadImage(ValueError):
-    """The upload is not an image OpenCV can decode; the message says why."""
+    """The upload cannot be used as an image; the message (the core decoder's) says why."""
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Decode uploaded bytes to a BGR frame in memory (cv2.imdecode), or raise BadImage."""
-    if not data:
-        raise BadImage("the uploaded file is empty")
+def decode_upload(data: bytes) -> np.ndarray:
+    """Uploaded bytes to an upright BGR frame through the core decoder, at most MAX_IMAGE_PIXELS; else BadImage."""
     try:
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error as exc:
-        if "MAX_IMAGE_PIXELS" in str(exc):
-            raise BadImage(f"the image is too large to decode (limit {MAX_IMAGE_PIXELS // 1_000_000} megapixels)") from None
-        raise BadImage("the file is a damaged image OpenCV cannot decode") from None
-    if bgr is None:
-        raise BadImage("the file is not an image this server can read (use JPEG, PNG, BMP or TIFF)")
-    return bgr
+        return decode_image(data, max_pixels=MAX_IMAGE_PIXELS).image
+    except ImageError as exc:
+        raise BadImage(str(exc)) from None
 
 
 def clean_source(name: str | None) -> str:
@@ -114,7 +102,7 @@ def rows_to_csv(rows: list[dict[str, Any]], labels: list[str]) -> str:
 
 
 def annotated_data_url(bgr: np.ndarray, result: FrameResult, labels: list[str]) -> str:
-    """The frame with boxes and labels (edge_app.overlay), at most ANNOTATED_MAX_SIDE, as a JPEG data URL."""
+    """The frame with boxes and labels (edge_app.core.overlay), at most ANNOTATED_MAX_SIDE, as a JPEG data URL."""
     shown = draw_results(bgr, result.cells, labels)
     scale = min(1.0, ANNOTATED_MAX_SIDE / max(shown.shape[:2]))
     if scale < 1.0:
@@ -238,7 +226,7 @@ def create_app(classifier: Classifier, camera: str | None = None,
         source = clean_source(upload.filename)
         start = time.perf_counter()
         try:
-            bgr = decode_image(upload.read())
+            bgr = decode_upload(upload.read())
         except BadImage as exc:
             return jsonify(error=f"{source}: {exc}", source=source, status=400), 400
         decode_ms = (time.perf_counter() - start) * 1000
@@ -314,8 +302,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `hemato serve`."""
-    parser.add_argument("--model", help=f"the .tflite model (default: ${MODEL_ENV}, else models/{DEFAULT_MODEL_NAME} "
-                                        "in the current folder, then in the repository)")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -329,7 +316,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Load the model and serve until Ctrl-C or SIGTERM; 2 when the model cannot be loaded (1: port taken)."""
-    from edge_app.run import find_model  # the same lookup and messages as `hemato run`
     try:
         classifier = Classifier(find_model(args.model), threads=args.threads)
     except (ModelFileError, RuntimeError) as exc:

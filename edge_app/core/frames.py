@@ -5,9 +5,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from edge_app.image_decode import ImageError, load_image
+from edge_app.core.image_decode import ImageError, load_image
 
 VANISHED = "file vanished before it was read"
 
@@ -24,8 +25,17 @@ class Frame:
     scale: float = 1.0  # source-image pixels per `image` pixel (huge images are reduced)
 
 
+def as_bgr(image: np.ndarray) -> np.ndarray:
+    """Three-channel BGR from grey or BGRA camera frames."""
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
 def read_image(path: str | Path) -> tuple[np.ndarray | None, str]:
-    """Decode an image file to upright BGR (edge_app.image_decode: limits, conversions, huge images reduced);
+    """Decode an image file to upright BGR (edge_app.core.image_decode: limits, conversions, huge images reduced);
     (None, reason) when it cannot be used."""
     try:
         return load_image(path).image, ""

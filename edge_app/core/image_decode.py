@@ -17,7 +17,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from edge_app.image_header import HeaderError, read_header
+from edge_app.core.image_header import HeaderError, read_header
 
 MAX_FILE_BYTES = 200 * 1024 * 1024
 MAX_PIXELS = 100_000_000          # 10000 x 10000 at 8 bits a sample; 50 MP at 16 bits
@@ -108,10 +108,11 @@ def _reduction(width: int, height: int) -> int:
     return factor
 
 
-def decode_image(data: bytes) -> Decoded:
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Decoded:
     """Decode an image file's bytes to an upright BGR uint8 frame; ImageError (one line) when it cannot be used.
 
     Grey, palette, 16-bit and CMYK images are converted; alpha is ignored (the colour under it is kept).
+    max_pixels: the size limit at 8 bits a sample (the web viewer sets a lower one).
     """
     if not data:
         raise ImageError("empty file")
@@ -120,7 +121,7 @@ def decode_image(data: bytes) -> Decoded:
     except HeaderError as exc:
         raise ImageError(str(exc)) from None
     w, h = header.width, header.height
-    limit = MAX_PIXELS // header.sample_bytes
+    limit = max_pixels // header.sample_bytes
     if w * h > limit:
         depth = f" at {8 * header.sample_bytes} bits" if header.sample_bytes > 1 else ""
         raise ImageError(f"image too large: {w}x{h} is {w * h / 1e6:.0f} MP (the limit is {limit // 10**6} MP{depth})")

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from edge_app.metadata import ModelFileError, read_model_metadata
-from edge_app.ood import ColourGuard
-from edge_app.vision import CropSettings
+from edge_app.core.metadata import ModelFileError, read_model_metadata
+from edge_app.core.ood import ColourGuard
+from edge_app.core.vision import CropSettings
 
 
 def interpreter_class() -> tuple[type, str]:

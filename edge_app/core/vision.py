@@ -30,9 +30,8 @@ class CropSettings:
     min_lobe_frac: float = 0.0025
     # The crop is a square of side crop_scale * the nucleus's larger extent ...
     crop_scale: float = 1.0
-    # ... but never smaller than this fraction of the frame's short side. Tight crops were chosen on
-    # validation split by photograph (a frozen-backbone head: 57.4 % at 2.4 / 0.5, 71.8 % at 1.8 / 0.4,
-    # 80.7 % at 1.2 / 0.25, 82.6 % at 1.0 / 0.2): less of the surrounding smear, less to memorise.
+    # ... but never smaller than this fraction of the frame's short side. Tight crops show less of the
+    # surrounding smear to memorise (chosen on validation, see docs/experiments/).
     min_crop_frac: float = 0.2
     # Frames are analysed at most this large on the long side: larger ones are downscaled, so the
     # morphology sees the same picture at any camera resolution (and huge images stay cheap).

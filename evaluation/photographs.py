@@ -15,7 +15,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from edge_app.vision import CropSettings, locate_cells, stain_mask
+from edge_app.core.frames import read_image
+from edge_app.core.vision import CropSettings, locate_cells, stain_mask
 
 RING_RADIUS = 64  # pixels around the cell's stain centroid that the ring descriptor covers
 RINGS = 16
@@ -175,7 +176,7 @@ def recover_photographs(paths: list[str], labels: np.ndarray, settings: CropSett
     next_id = 0
     for label in np.unique(labels):
         rows = np.flatnonzero(labels == label)
-        images = [cv2.imread(str(paths[r]), cv2.IMREAD_COLOR) for r in rows]
+        images = [read_image(paths[r])[0] for r in rows]
         readable = [i for i, image in enumerate(images) if image is not None]
         local = np.arange(len(rows)) + len(rows)  # unreadable: a group each
         if readable:

@@ -1,11 +1,11 @@
-"""The classifier: MobileNetV2 backbone, pixel scaling inside the graph, pooling, dropout, logits."""
+"""The classifier's graph, defined once for training and conversion: MobileNetV2 backbone, pixel scaling
+inside the graph, pooled features and colour statistics, dropout, logits; rotation views; loading a run's model."""
 from __future__ import annotations
 
 import functools
-
 from pathlib import Path
 
-BACKBONE_NAME = "mobilenetv2_1.00"
+import numpy as np
 
 
 class WeightsError(ValueError):
@@ -28,10 +28,8 @@ def _backbone(input_size: int, weights: str | None):
         raise WeightsError(f"could not load backbone weights from {source}: {exc}") from exc
 
 
-# Backbone layers whose pooled outputs the head reads. Mid-level features generalise better to new
-# photographs than the last layer's ImageNet/dog semantics: on the photograph validation split, a
-# standardised linear head on these two gave 86.2 / 87.3 % (two seeds) against 81.8 / 83.2 % on out_relu,
-# and the backbone stops at block 13, which drops its last blocks' cost.
+# Backbone layers whose pooled outputs the head reads: mid-level features generalise to new photographs
+# better than the last layer's (chosen on validation, see docs/experiments/); the backbone stops at block 13.
 FEATURE_LAYERS = ("block_6_expand_relu", "block_13_expand_relu")
 
 
@@ -58,19 +56,12 @@ COLOUR_FEATURES = 6 + COLOUR_LEVELS ** 3
 def colour_statistics_layer():
     """A Keras layer: RGB [0, 255] crops -> per-channel mean and spread and a square-rooted RGB histogram.
 
-    Granule colour is what separates eosinophils (orange-red) from neutrophils (lilac), the model's
-    main confusion, and globally pooled backbone features keep little of it: on the photograph split a
-    linear head on these 70 numbers and the pooled features scored 90.2 / 90.9 % (every 2nd pixel:
-    91.2 / 90.9 %) against 86.8 / 87.2 % (two seeds). Inside the graph, so every runtime computes it
-    from the same crop, with ops XNNPACK runs (sub, mul, clamp, abs, mean): a pixel's level is a sum
-    of 0/1 steps, exact for integer pixel values. On every 4th pixel this form (a bin index, then one 0/1 per bin) took 0.49 ms for a crop's
-    four views at one thread, an outer product of per-channel indicators 1.8 ms; on every 8th pixel
-    (a quarter of the pixels; not timed alone) m5's int8 file ran at 1.81x its float32 file's speed.
+    Granule colour separates eosinophils from neutrophils and pooled backbone features keep little of it.
+    Inside the graph, so every runtime computes it alike, with ops XNNPACK runs; exact for integer pixels.
     """
     import math
 
     import keras
-    import numpy as np
     from keras import ops
 
     class ColourStatistics(keras.layers.Layer):
@@ -121,7 +112,7 @@ def build_model(num_classes: int, input_size: int = 224, weights: str | None = "
     x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_pm1")(inputs)
     backbone = _pooled_features(_backbone(input_size, weights), tuple(feature_layers))
     backbone.trainable = False
-    x = backbone(x, training=False)  # BatchNorm stays in inference mode (frozen, or in_inference_mode)
+    x = backbone(x, training=False)  # BatchNorm stays in inference mode
     if colour_statistics:
         colour = colour_statistics_layer()(name="colour_statistics")(inputs)
         x = keras.layers.Concatenate(name="pooled_and_colour")([x, colour])
@@ -137,27 +128,8 @@ def backbone_of(model):
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
-def in_inference_mode(layer) -> None:
-    """Make a trainable BatchNorm layer normalise with its stored statistics, also under fit.
-
-    Keras 3 does not pass the backbone's call-time training=False on to its layers: a trainable
-    BatchNorm would normalise with batch statistics and overwrite its moving ones.
-    """
-    call = layer.call
-
-    def call_in_inference_mode(*args, training=None, **kwargs):
-        return call(*args, training=False, **kwargs)
-    layer.call = call_in_inference_mode
-
-
-def unfreeze_top(model, first_layer: str, batchnorm_only: bool = False) -> int:
-    """Make the backbone trainable from `first_layer` on; returns layers unfrozen.
-
-    By default the convolutions train and BatchNorm stays frozen. With batchnorm_only it is the other
-    way round: only the BatchNorm scales and offsets train (17,280 numbers from Conv1 on, which adapt the
-    pretrained features without room to memorise cells); their statistics stay frozen either way
-    (in_inference_mode), so training computes what the device computes.
-    """
+def unfreeze_top(model, first_layer: str) -> int:
+    """Make the backbone's convolutions trainable from `first_layer` on, BatchNorm frozen; returns layers unfrozen."""
     import keras
     backbone = backbone_of(model)
     backbone.trainable = True
@@ -167,12 +139,8 @@ def unfreeze_top(model, first_layer: str, batchnorm_only: bool = False) -> int:
     start = names.index(first_layer)
     unfrozen = 0
     for i, layer in enumerate(backbone.layers):
-        is_batchnorm = isinstance(layer, keras.layers.BatchNormalization)
-        trainable = i >= start and is_batchnorm == batchnorm_only
-        if trainable and is_batchnorm:
-            in_inference_mode(layer)
-        layer.trainable = trainable
-        unfrozen += int(trainable and bool(layer.weights))
+        layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+        unfrozen += int(layer.trainable and bool(layer.weights))
     return unfrozen
 
 
@@ -223,3 +191,30 @@ def with_rotation_views(model, views: int):
     inputs = keras.Input(model.input_shape[1:], name="rgb_0_255")
     logits = average_views(views, name="average_views")(model(rotation_views(views, name="rotation_views")(inputs)))
     return keras.Model(inputs, logits, name=f"{model.name}_x{views}")
+
+
+class ModelLoadError(ValueError):
+    """A run's model.keras cannot be loaded or does not fit its metadata; the message says why."""
+
+
+def load_run_model(run_dir: Path, input_size: int, classes: int):
+    """The run's model.keras, checked to take (S,S,3) and give one output per class."""
+    import keras
+    path = Path(run_dir) / "model.keras"
+    if not path.is_file():
+        raise ModelLoadError(f"{run_dir} has no model.keras")
+    try:
+        model = keras.saving.load_model(path, compile=False, custom_objects=custom_objects())
+    except Exception as exc:  # keras raises many types for a bad archive
+        raise ModelLoadError(f"{path}: Keras cannot load it: {exc}") from exc
+    if tuple(model.input_shape[1:]) != (input_size, input_size, 3):
+        raise ModelLoadError(f"{path}: input shape {model.input_shape} but metadata input_size is {input_size}")
+    if model.output_shape[-1] != classes:
+        raise ModelLoadError(f"{path}: {model.output_shape[-1]} outputs but {classes} labels")
+    return model
+
+
+def fold_affine_input(kernel: np.ndarray, bias: np.ndarray, gain: np.ndarray,
+                      offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense weights on raw features x equal to (kernel, bias) on gain * x + offset: no extra op in the graph."""
+    return (kernel * gain[:, None]).astype(np.float32), (bias + offset @ kernel).astype(np.float32)

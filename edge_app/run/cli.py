@@ -2,13 +2,12 @@
 
 Exit status: 0 done (or ended with q in the window), 1 a camera stopped delivering frames,
 2 bad model, source, CSV or arguments, 130/143 stopped by Ctrl-C/SIGTERM (results so far are saved).
-An existing CSV is resumed (see edge_app.resume) unless --overwrite is given.
+An existing CSV is resumed (see edge_app.run.resume) unless --overwrite is given.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import signal
 import sys
 import threading
@@ -20,98 +19,60 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from edge_app.metadata import ModelFileError
-from edge_app.model import Classifier, runtime_version
-from edge_app.model_path import DEFAULT_MODEL_NAME, MODEL_ENV, default_model_path
-from edge_app.overlay import Display, FpsMeter, display_available, draw_results
-from edge_app.pipeline import CellResult, FrameResult, classify_frame
-from edge_app.results import CsvWriter, RunStats, csv_columns
-from edge_app.resume import CsvMismatch, resume_csv
-from edge_app.sources import Frame, Source, SourceError, SourceLost, open_source
-from edge_app.vision import Box
+from edge_app.core.frames import Frame, as_bgr
+from edge_app.core.metadata import ModelFileError
+from edge_app.core.model import Classifier, runtime_version
+from edge_app.core.model_path import MODEL_HELP, find_model
+from edge_app.core.overlay import FpsMeter, draw_results
+from edge_app.core.pipeline import CellResult, FrameResult, classify_frame
+from edge_app.core.records import csv_columns
+from edge_app.core.sources import SourceError, SourceLost
+from edge_app.core.vision import Box
+from edge_app.run.display import Display, display_available
+from edge_app.run.results import CsvWriter, RunStats
+from edge_app.run.resume import CsvMismatch, resume_csv
+from edge_app.run.sources import Source, open_source
+from hemato.argtypes import fraction, non_negative_int, positive_int, seconds
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE = 0, 1, 2
 PROGRESS_EVERY_S = 10.0
 SIGNAL_SET_WAIT_S = 0.5  # how long a signal handler waits for the stop event to be set before returning
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 3600.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 3600 seconds")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `hemato run`."""
     parser.add_argument("source", help="a folder of images (searched recursively), an image, a video "
                                        "(.mp4 .avi .mov .mkv .m4v), a camera index such as 0, or picamera")
-    parser.add_argument("--model", help=f"the .tflite model (default: ${MODEL_ENV}, else models/{DEFAULT_MODEL_NAME} "
-                                        "in the current folder, then in the repository)")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--csv", default="results.csv",
                         help="where to write one row per cell (default: results.csv). An existing CSV is resumed: "
                              "sources already in it are skipped, new rows are appended")
     parser.add_argument("--overwrite", action="store_true", help="start the CSV afresh instead of resuming it")
-    parser.add_argument("--threads", type=_positive_int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="interpreter threads (default: all cores)")
     view = parser.add_mutually_exclusive_group()
     view.add_argument("--show", action="store_true", help="show frames with boxes, labels and FPS in a window "
                                                           "(q or Esc ends the run)")
     view.add_argument("--headless", action="store_true",
                       help="never open a window (the default without a display, and for files)")
-    parser.add_argument("--min-confidence", type=_fraction, default=None,
+    parser.add_argument("--min-confidence", type=fraction, default=None,
                         help="answer UNCERTAIN below this confidence (default: the model's own threshold)")
-    parser.add_argument("--every", type=_positive_int, default=1,
+    parser.add_argument("--every", type=positive_int, default=1,
                         help="classify every Nth frame of a video or camera (default: 1)")
-    parser.add_argument("--read-retries", type=_non_negative_int, default=3,
+    parser.add_argument("--read-retries", type=non_negative_int, default=3,
                         help="failed camera reads retried (0.1 s apart) before the camera is reopened (default: 3)")
-    parser.add_argument("--reopen", type=_non_negative_int, default=3,
+    parser.add_argument("--reopen", type=non_negative_int, default=3,
                         help="times a camera that stops delivering is reopened before giving up (default: 3)")
     parser.add_argument("--watch", action="store_true",
                         help="keep watching the folder and classify each new image once it is completely written "
                              "(until Ctrl-C or SIGTERM)")
-    parser.add_argument("--poll", type=_seconds, default=1.0, metavar="S",
+    parser.add_argument("--poll", type=seconds, default=1.0, metavar="S",
                         help="with --watch: look for new files every S seconds (default: 1)")
-    parser.add_argument("--settle", type=_seconds, default=2.0, metavar="S",
+    parser.add_argument("--settle", type=seconds, default=2.0, metavar="S",
                         help="with --watch: a file is complete once its size and time are unchanged for S seconds "
                              "(default: 2)")
     parser.add_argument("--json-summary", metavar="PATH", help="also write the summary as JSON")
     parser.add_argument("--fsync", action="store_true", help="fsync the CSV after every row (slower, safest)")
-
-
-def find_model(explicit: str | None) -> Path:
-    """--model, else the shared default (edge_app.model_path); ModelFileError naming the paths tried."""
-    if explicit:
-        return Path(explicit).expanduser()
-    path = default_model_path()
-    if path.is_file():
-        return path
-    if os.environ.get(MODEL_ENV):
-        raise ModelFileError(f"model file not found: {path} (from ${MODEL_ENV})")
-    tried = dict.fromkeys([Path.cwd() / "models" / DEFAULT_MODEL_NAME, path])
-    raise ModelFileError(f"no model found (tried {' and '.join(str(p) for p in tried)}): "
-                         f"pass --model PATH.tflite or set {MODEL_ENV}")
 
 
 class Stopper:
@@ -150,15 +111,6 @@ class Stopper:
                 signal.signal(s, handler)
 
 
-def _as_bgr(image: np.ndarray) -> np.ndarray:
-    """Three-channel BGR from grey or BGRA camera frames."""
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    return image
-
-
 def warm_up(classifier: Classifier) -> None:
     """Classify a made-up frame once, so one-time initialisation is not timed as the first image."""
     frame = np.full((240, 320, 3), 200, np.uint8)
@@ -183,7 +135,7 @@ def process_frame(frame: Frame, classifier: Classifier, writer: CsvWriter, stats
     result = None
     if frame.image is not None:
         try:
-            result = classify_frame(classifier, _as_bgr(frame.image), min_confidence)
+            result = classify_frame(classifier, as_bgr(frame.image), min_confidence)
         except (cv2.error, ValueError, MemoryError) as exc:
             error = f"cannot classify: {exc}".splitlines()[0]
     if result is None:
@@ -213,7 +165,7 @@ def run(classifier: Classifier, source: Source, writer: CsvWriter, min_confidenc
             result = process_frame(frame, classifier, writer, stats, min_confidence)
             rate = fps.tick()
             if display is not None and frame.image is not None and result is not None:
-                shown = draw_results(_as_bgr(frame.image), result.cells, classifier.labels,
+                shown = draw_results(as_bgr(frame.image), result.cells, classifier.labels,
                                      rate if source.stream else None)
                 if not display.show(shown):
                     stats.stopped = "ended from the window (q)"

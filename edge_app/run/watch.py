@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from edge_app.dataset import IMAGE_SUFFIXES, images_in
-from edge_app.frames import Frame, image_frame
+from edge_app.core.dataset import IMAGE_SUFFIXES, images_in
+from edge_app.core.frames import Frame, image_frame
 
 
 def _stderr_note(message: str) -> None:

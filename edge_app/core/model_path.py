@@ -1,0 +1,37 @@
+"""Where the device looks for its model when none is named: one rule shared by `hemato run` and `serve`."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edge_app.core.metadata import ModelFileError
+
+# The int8 file: it passes the parity gate on TEST (hemato verify; models/README.md) and is the fastest.
+DEFAULT_MODEL_NAME = "wbc_mobilenetv2_int8.tflite"
+MODEL_ENV = "HEMATO_MODEL"
+MODEL_HELP = (f"the .tflite model (default: ${MODEL_ENV}, else models/{DEFAULT_MODEL_NAME} in the current folder, "
+              "then in the repository)")
+
+
+def default_model_path() -> Path:
+    """$HEMATO_MODEL, else ./models/<default>, else <repo root>/models/<default> (returned even if absent)."""
+    if os.environ.get(MODEL_ENV):
+        return Path(os.environ[MODEL_ENV]).expanduser()
+    local = Path.cwd() / "models" / DEFAULT_MODEL_NAME
+    if local.is_file():
+        return local
+    return Path(__file__).resolve().parents[1] / "models" / DEFAULT_MODEL_NAME
+
+
+def find_model(explicit: str | None) -> Path:
+    """The named model, else default_model_path(); ModelFileError naming the paths tried when it is absent."""
+    if explicit:
+        return Path(explicit).expanduser()
+    path = default_model_path()
+    if path.is_file():
+        return path
+    if os.environ.get(MODEL_ENV):
+        raise ModelFileError(f"model file not found: {path} (from ${MODEL_ENV})")
+    tried = dict.fromkeys([Path.cwd() / "models" / DEFAULT_MODEL_NAME, path])
+    raise ModelFileError(f"no model found (tried {' and '.join(str(p) for p in tried)}): "
+                         f"pass --model PATH.tflite or set {MODEL_ENV}")

@@ -1,0 +1,34 @@
+"""One located cell as a row: the columns and number formats of `hemato run`'s CSV, also the web viewer's."""
+from __future__ import annotations
+
+from typing import Any
+
+from edge_app.core.pipeline import CellResult
+
+# label: the answer (a class or UNCERTAIN); predicted/confidence: the most probable class; runner_up: the
+# second most probable class (what a reviewer checks next); reason: why the answer is UNCERTAIN, empty otherwise.
+BASE_COLUMNS = ["source", "frame", "cell", "label", "predicted", "confidence", "runner_up", "reason",
+                "x0", "y0", "x1", "y1", "latency_ms", "error"]
+
+
+def csv_columns(labels: list[str]) -> list[str]:
+    """The CSV header: the fixed columns, then p_<LABEL> per class in model order."""
+    return BASE_COLUMNS + [f"p_{label}" for label in labels]
+
+
+def cell_record(source: str, frame: int, index: int, cell: CellResult, labels: list[str],
+                latency_ms: float) -> dict[str, Any]:
+    """One located cell as a row (the CSV's columns, probabilities as a dict): shared by run and the web viewer."""
+    b = cell.box
+    return {"source": source, "frame": frame, "cell": index, "label": cell.label, "predicted": cell.predicted,
+            "confidence": float(cell.confidence), "runner_up": labels[cell.runner_up], "reason": cell.flag,
+            "x0": b.x0, "y0": b.y0, "x1": b.x1, "y1": b.y1, "latency_ms": float(latency_ms), "error": "",
+            "probabilities": {label: float(p) for label, p in zip(labels, cell.probabilities)}}
+
+
+def csv_values(record: dict[str, Any], labels: list[str]) -> list[Any]:
+    """A record from cell_record as CSV values in csv_columns order (4 decimals for probabilities)."""
+    fixed = [record[c] for c in BASE_COLUMNS]
+    fixed[BASE_COLUMNS.index("confidence")] = f"{record['confidence']:.4f}"
+    fixed[BASE_COLUMNS.index("latency_ms")] = f"{record['latency_ms']:.2f}"
+    return fixed + [f"{record['probabilities'][label]:.4f}" for label in labels]
