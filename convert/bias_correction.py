@@ -2,9 +2,9 @@
 the bias absorb the mean error that the rounding makes.
 
 MobileNetV2's ImageNet stem has high-gain kernels whose taps nearly cancel; rounding them to int8
-breaks the cancellation and shifts whole channels (see docs/experiments/). Snapping first makes the converter's own per-channel rounding lossless, and the expected shift (rounding
-error times the mean input patch, measured on the calibration crops) is subtracted from the
-following BatchNorm's beta or the layer's own bias: the data-free quantisation idea of Nagel et
+breaks the cancellation and shifts whole channels (see docs/experiments/). Snapping first makes the
+converter's own per-channel rounding lossless, and the expected shift (rounding error times the mean
+input patch, measured on the calibration crops) is subtracted from the following BatchNorm's beta or the layer's own bias: the data-free quantisation idea of Nagel et
 al. (2019) with measured input means. Layers that stay float in the converted model are left alone,
 and the float32 and float16 variants are converted from the untouched model.
 """

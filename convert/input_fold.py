@@ -1,8 +1,8 @@
 """Fold the model's pixel scaling into its first convolution before full-int8 conversion.
 
 TFLite quantises the Rescaling layer as a MUL and an ADD, each with its own int8 tensor; the MUL's
-tensor is coarser than a grey level, and MobileNetV2's high-gain stem amplifies that noise. Folding the scaling into Conv1's weights and bias leaves the raw pixels as the first tensor, which
-int8 holds exactly. Conv1's 'same' padding pads the scaled image with 0, so the folded graph pads the
+tensor is coarser than a grey level, and MobileNetV2's high-gain stem amplifies that noise. Folding the
+scaling into Conv1's weights and bias leaves the raw pixels as the first tensor, which int8 holds exactly. Conv1's 'same' padding pads the scaled image with 0, so the folded graph pads the
 raw image with the pixel value that scales to 0 (127.5; int8 rounds it by half a grey level on the
 padded border only) and convolves without padding: the same function in float.
 """

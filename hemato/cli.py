@@ -16,6 +16,10 @@ SUBCOMMANDS = {
 }
 
 
+# an ImportError from these is a bug, not a missing extra
+OUR_PACKAGES = {"hemato", "edge_app", "network", "evaluation", "training", "convert", "benchmarks"}
+
+
 def _missing_extra(command: str, extra: str, exc: ImportError) -> int:
     print(f"hemato {command}: missing dependency '{exc.name}'. Install it with:  "
           f"pip install \".[{extra}]\"", file=sys.stderr)
@@ -39,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        if exc.name and exc.name.split(".")[0] in {"hemato", "edge_app", "training", "convert", "benchmarks", "network", "evaluation"}:
+        if exc.name and exc.name.split(".")[0] in OUR_PACKAGES:
             raise
         return _missing_extra(command, extra, exc)
     command_parser = argparse.ArgumentParser(prog=f"hemato {command}", description=help_text)
