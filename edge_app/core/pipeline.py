@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_app.core.model import Classifier
-from edge_app.core.vision import Box, crop_for_model, crop_statistics, locate_cells
+from edge_app.core.vision import Box, crop_for_model, crop_statistics, located_cells, scale_frame
 
 
 UNCERTAIN = "UNCERTAIN"
@@ -43,6 +43,7 @@ class FrameResult:
 
     cells: list[CellResult]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    rbc_px: float | None = None  # the red-cell diameter (frame pixels) the frame was scaled by; None: not scaled
 
 
 def classify_crop(classifier: Classifier, rgb: np.ndarray) -> tuple[np.ndarray, str, float]:
@@ -67,21 +68,30 @@ def decide(label: str, confidence: float, min_confidence: float, unusual: bool =
     return label, ""
 
 
-def classify_frame(classifier: Classifier, bgr: np.ndarray, min_confidence: float | None = None) -> FrameResult:
-    """Locate every stained cell in a BGR frame and classify each one."""
+def classify_frame(classifier: Classifier, bgr: np.ndarray, min_confidence: float | None = None,
+                   rbc_diameter: float | None = None) -> FrameResult:
+    """Locate every stained cell in a BGR frame and classify each one (boxes in the frame's pixels).
+
+    rbc_diameter: the frame's red-cell diameter in pixels when the camera's scale is known; else it is
+    estimated (when the model carries a scale).
+    """
     settings = classifier.crop_settings
     threshold = classifier.min_confidence if min_confidence is None else min_confidence
     t0 = time.perf_counter()
-    boxes = locate_cells(bgr, settings)
+    frame = scale_frame(bgr, settings, rbc_diameter)
     t1 = time.perf_counter()
-    crops = [crop_for_model(bgr, box, classifier.input_size) for box in boxes]
+    boxes = located_cells(frame, settings)
     t2 = time.perf_counter()
+    crops = [crop_for_model(frame.image, box, classifier.input_size) for box in boxes]
+    t3 = time.perf_counter()
     cells = []
     for box, crop in zip(boxes, crops):
         start = time.perf_counter()
         probs, label, confidence = classify_crop(classifier, crop)
         answer, flag = decide(label, confidence, threshold, is_unusual_crop(classifier, crop))
-        cells.append(CellResult(box, probs, label, confidence, answer, (time.perf_counter() - start) * 1000, flag))
-    t3 = time.perf_counter()
-    timings = {"localise": (t1 - t0) * 1000, "preprocess": (t2 - t1) * 1000, "invoke": (t3 - t2) * 1000}
-    return FrameResult(cells, timings)
+        cells.append(CellResult(frame.to_frame(box), probs, label, confidence, answer,
+                                (time.perf_counter() - start) * 1000, flag))
+    t4 = time.perf_counter()
+    timings = {"scale": (t1 - t0) * 1000, "localise": (t2 - t1) * 1000, "preprocess": (t3 - t2) * 1000,
+               "invoke": (t4 - t3) * 1000}
+    return FrameResult(cells, timings, frame.rbc_px)

@@ -12,6 +12,11 @@ import cv2
 import numpy as np
 
 
+REFERENCE_ASPECT = 4 / 3  # long / short side of the reference frame (the 320 x 240 training photographs)
+MIN_SCALED_SIDE = 32      # a frame scaled to the model's red-cell size must stay this large ...
+MAX_SCALED_SIDE = 4096    # ... and no larger (the decoder's limit): else the scale is not believed
+
+
 @dataclass(frozen=True)
 class CropSettings:
     """How cells are found and cropped; stored inside every model so the device crops alike."""
@@ -36,6 +41,14 @@ class CropSettings:
     # Frames are analysed at most this large on the long side: larger ones are downscaled, so the
     # morphology sees the same picture at any camera resolution (and huge images stay cheap).
     analysis_max_side: int = 320
+    # The physical scale: the median red-cell diameter (pixels) of the training frames. A frame whose own
+    # diameter is known (edge_app.core.scale, or the user's) is resampled so its red cells span this many
+    # pixels before cells are located and cut, so the model sees a cell alike from any camera. None: crops
+    # are relative to the frame and nucleus alone (models made before the scale was stored).
+    rbc_diameter_px: float | None = None
+    # At that scale the lengths above are fractions of this short side (the training frames' short side)
+    # and the areas fractions of a 4:3 frame with it, rather than of each frame's own size.
+    reference_short_side: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,28 +91,35 @@ def _largest_blob_area(cell: np.ndarray) -> int:
     return int(stats[1:, cv2.CC_STAT_AREA].max())
 
 
-def locate_cells(bgr: np.ndarray, settings: CropSettings) -> list[Box]:
-    """Return one square crop box per stained white blood cell, largest first."""
+def locate_cells(bgr: np.ndarray, settings: CropSettings, canonical: bool = False) -> list[Box]:
+    """Return one square crop box per stained white blood cell, largest first.
+
+    canonical: the frame is at the settings' red-cell scale (scale_frame), so lengths and areas are
+    fractions of the reference frame, not of this one.
+    """
     height, width = bgr.shape[:2]
     scale = min(1.0, settings.analysis_max_side / max(height, width))
     small = bgr if scale == 1.0 else cv2.resize(bgr, (round(width * scale), round(height * scale)),
                                                interpolation=cv2.INTER_AREA)
     mask = stain_mask(small, settings)
     sh, sw = mask.shape
-    short = min(sh, sw)
+    short, area = min(sh, sw), sh * sw
+    if canonical and settings.reference_short_side:
+        short = settings.reference_short_side * scale
+        area = short * short * REFERENCE_ASPECT
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     radius = max(1, round(settings.merge_frac * short))
     merged = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(merged, connectivity=8)
     boxes = []
-    min_area = settings.min_area_frac * sh * sw
+    min_area = settings.min_area_frac * area
     for label in range(1, count):
         x, y, w, h, _ = stats[label]
         cell = (labels[y:y + h, x:x + w] == label) & (mask[y:y + h, x:x + w] > 0)
         stained = int(cell.sum())
         if stained < min_area:
             continue
-        if _largest_blob_area(cell) < settings.min_lobe_frac * sh * sw:
+        if _largest_blob_area(cell) < settings.min_lobe_frac * area:
             continue
         ys, xs = np.nonzero(cell)
         x, y = x + xs.min(), y + ys.min()
@@ -111,6 +131,55 @@ def locate_cells(bgr: np.ndarray, settings: CropSettings) -> list[Box]:
         boxes.append(Box(x0, y0, x1, y1, round(stained / scale / scale)))
     boxes.sort(key=lambda b: b.stained_area, reverse=True)
     return boxes
+
+
+@dataclass(frozen=True, eq=False)
+class ScaledFrame:
+    """A frame as the localiser and the crops use it: resampled to the model's red-cell scale when both the
+    model's and the frame's red-cell diameters are known, else the frame itself (nucleus-relative crops)."""
+
+    image: np.ndarray
+    factor: float = 1.0          # image pixels per frame pixel
+    rbc_px: float | None = None  # the frame's red-cell diameter (frame pixels) it was scaled by; None: not scaled
+
+    @property
+    def canonical(self) -> bool:
+        return self.rbc_px is not None
+
+    def to_frame(self, box: Box) -> Box:
+        """A box of `image` in the frame's pixels."""
+        if self.factor == 1.0:
+            return box
+        f = self.factor
+        return Box(round(box.x0 / f), round(box.y0 / f), round(box.x1 / f), round(box.y1 / f),
+                   round(box.stained_area / f / f))
+
+
+def scale_frame(bgr: np.ndarray, settings: CropSettings, rbc_px: float | None = None) -> ScaledFrame:
+    """The frame at the model's red-cell scale: rbc_px is its red-cell diameter in pixels when known (a
+    camera's calibration), else it is estimated. Unscaled when the model has no scale, no diameter is found,
+    or the resampled frame would be implausibly large or small."""
+    if not settings.rbc_diameter_px:
+        return ScaledFrame(bgr)
+    if rbc_px is None:
+        from edge_app.core.scale import estimate_rbc_diameter
+        rbc_px, _ = estimate_rbc_diameter(bgr)
+    if not rbc_px or rbc_px <= 0:
+        return ScaledFrame(bgr)
+    factor = settings.rbc_diameter_px / rbc_px
+    height, width = bgr.shape[:2]
+    size = (round(width * factor), round(height * factor))
+    if min(size) < MIN_SCALED_SIDE or max(size) > MAX_SCALED_SIDE:
+        return ScaledFrame(bgr)
+    if size == (width, height):
+        return ScaledFrame(bgr, 1.0, rbc_px)
+    image = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+    return ScaledFrame(image, size[0] / width, rbc_px)
+
+
+def located_cells(frame: ScaledFrame, settings: CropSettings) -> list[Box]:
+    """The cells of a scaled frame, boxes in its image's pixels (ScaledFrame.to_frame maps them back)."""
+    return locate_cells(frame.image, settings, canonical=frame.canonical)
 
 
 def crop_for_model(bgr: np.ndarray, box: Box, input_size: int) -> np.ndarray:
@@ -126,12 +195,17 @@ def crop_for_model(bgr: np.ndarray, box: Box, input_size: int) -> np.ndarray:
     return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
 
 
-def largest_cell_crop(bgr: np.ndarray, settings: CropSettings) -> tuple[np.ndarray | None, Box | None]:
-    """The model input for the largest located cell, as used for labelled one-cell images."""
-    boxes = locate_cells(bgr, settings)
+def largest_cell_crop(bgr: np.ndarray, settings: CropSettings,
+                      rbc_px: float | None = None) -> tuple[np.ndarray | None, Box | None]:
+    """The model input for the largest located cell, as used for labelled one-cell images (box in frame pixels).
+
+    rbc_px: the frame's red-cell diameter when known; else estimated when the settings carry a scale.
+    """
+    frame = scale_frame(bgr, settings, rbc_px)
+    boxes = located_cells(frame, settings)
     if not boxes:
         return None, None
-    return crop_for_model(bgr, boxes[0], settings.input_size), boxes[0]
+    return crop_for_model(frame.image, boxes[0], settings.input_size), frame.to_frame(boxes[0])
 
 
 def crop_statistics(rgb: np.ndarray, settings: CropSettings) -> np.ndarray:
