@@ -1,4 +1,4 @@
-"""Time the whole `hemato run` pipeline per image (decode, localise, preprocess, invoke, write) on a folder.
+"""Time the whole `hemato run` pipeline per image (decode, scale, localise, preprocess, invoke, write) on a folder.
 
 `python -m benchmarks.pipeline_bench MODEL FOLDER --threads N` prints one JSON line; bench.py runs it
 in a fresh process and sets its images/s beside the bare model's, so the overhead around invoke shows.
@@ -19,7 +19,7 @@ import numpy as np
 
 from benchmarks.latency import PROGRESS_EVERY_S, peak_rss_bytes, spread, summarise
 
-STAGES = ("decode", "localise", "preprocess", "invoke", "write")
+STAGES = ("decode", "scale", "localise", "preprocess", "invoke", "write")
 WARMUP_IMAGES = 3
 
 
@@ -38,7 +38,7 @@ def _one_image(path: Path, classifier, writer) -> tuple[dict[str, float], int] |
     latency = sum(timings.values())
     start = time.perf_counter()
     for index, cell in enumerate(result.cells):
-        writer.write_cell(str(path), 0, index, cell, latency)
+        writer.write_cell(str(path), 0, index, cell, latency, result.rbc_px)
     timings["write"] = (time.perf_counter() - start) * 1000
     return timings, len(result.cells)
 

@@ -9,7 +9,8 @@ MB = 1e6
 
 MODEL_COLUMNS = ["model", "variant", "threads", "size MB", "accuracy", "load ms", "p50 ms", "p95 ms", "p99 ms",
                  "mean ms", "FPS", "speed-up vs float32", "peak RSS MB"]
-PIPELINE_COLUMNS = ["model", "threads", "images", "cells", "decode", "localise", "preprocess", "invoke", "write",
+PIPELINE_STAGES = ("decode", "scale", "localise", "preprocess", "invoke", "write")
+PIPELINE_COLUMNS = ["model", "threads", "images", "cells", *PIPELINE_STAGES,
                     "other", "total ms/image", "images/s", "bare model images/s", "pipeline / bare"]
 
 
@@ -69,7 +70,7 @@ def pipeline_row(p: dict[str, Any]) -> list[str]:
     s = p["stage_mean_ms"]
     ratio = p.get("pipeline_over_bare")
     return [Path(p["model"]).name, str(p["threads"]), str(p["images"]), str(p["cells"])] \
-        + [_ms(s[k]) for k in ("decode", "localise", "preprocess", "invoke", "write")] \
+        + [_ms(s.get(k)) for k in PIPELINE_STAGES] \
         + [_ms(p["other_ms"]), _ms(p["total_ms"]["mean"]), f"{p['images_per_s']:.1f}",
            f"{p['bare_images_per_s']:.1f}" if p.get("bare_images_per_s") else "–",
            f"{ratio:.2f}" if ratio else "–"]

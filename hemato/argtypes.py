@@ -25,6 +25,13 @@ def seconds(text: str) -> float:
     return value
 
 
+def rbc_diameter(text: str) -> float:
+    value = float(text)
+    if not 3.0 <= value <= 2000.0:
+        raise argparse.ArgumentTypeError("must be a red-cell diameter in pixels, between 3 and 2000")
+    return value
+
+
 def fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:

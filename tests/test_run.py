@@ -50,8 +50,8 @@ def test_folder_run_rows_boxes_and_summary(tmp_path, tiny_tflite, capsys):
 
     header, rows = read_csv(out)
     assert header == csv_columns(LABELS)
-    assert header[:14] == ["source", "frame", "cell", "label", "predicted", "confidence", "runner_up", "reason",
-                           "x0", "y0", "x1", "y1", "latency_ms", "error"]
+    assert header[:15] == ["source", "frame", "cell", "label", "predicted", "confidence", "runner_up", "reason",
+                           "rbc_px", "x0", "y0", "x1", "y1", "latency_ms", "error"]
     by_source = {}
     for row in rows:
         by_source.setdefault(os.path.basename(row["source"]), []).append(row)
@@ -90,7 +90,7 @@ def test_single_image_video_json_summary_and_threads(tmp_path, tiny_tflite, caps
                    "--threads", "1", "--json-summary", str(summary_path)]) == 0
     summary = json.loads(summary_path.read_text())
     assert summary["threads"] == 1 and summary["images_read"] == 1 and summary["cells_classified"] == 1
-    assert set(summary["stage_mean_ms"]) == {"decode", "localise", "preprocess", "invoke", "write"}
+    assert set(summary["stage_mean_ms"]) == {"decode", "scale", "localise", "preprocess", "invoke", "write"}
     assert sum(v["count"] for v in summary["differential"].values()) == 1
 
     video = tmp_path / "recording.avi"

@@ -6,8 +6,10 @@ from typing import Any
 from edge_app.core.pipeline import CellResult
 
 # label: the answer (a class or UNCERTAIN); predicted/confidence: the most probable class; runner_up: the
-# second most probable class (what a reviewer checks next); reason: why the answer is UNCERTAIN, empty otherwise.
-BASE_COLUMNS = ["source", "frame", "cell", "label", "predicted", "confidence", "runner_up", "reason",
+# second most probable class (what a reviewer checks next); reason: why the answer is UNCERTAIN, empty otherwise;
+# rbc_px: the frame's red-cell diameter (source pixels) its crops were scaled by, empty where the frame had too
+# few red cells (or the model no scale) and the crop is relative to the nucleus.
+BASE_COLUMNS = ["source", "frame", "cell", "label", "predicted", "confidence", "runner_up", "reason", "rbc_px",
                 "x0", "y0", "x1", "y1", "latency_ms", "error"]
 
 
@@ -17,11 +19,12 @@ def csv_columns(labels: list[str]) -> list[str]:
 
 
 def cell_record(source: str, frame: int, index: int, cell: CellResult, labels: list[str],
-                latency_ms: float) -> dict[str, Any]:
+                latency_ms: float, rbc_px: float | None = None) -> dict[str, Any]:
     """One located cell as a row (the CSV's columns, probabilities as a dict): shared by run and the web viewer."""
     b = cell.box
     return {"source": source, "frame": frame, "cell": index, "label": cell.label, "predicted": cell.predicted,
             "confidence": float(cell.confidence), "runner_up": labels[cell.runner_up], "reason": cell.flag,
+            "rbc_px": None if rbc_px is None else round(float(rbc_px), 1),
             "x0": b.x0, "y0": b.y0, "x1": b.x1, "y1": b.y1, "latency_ms": float(latency_ms), "error": "",
             "probabilities": {label: float(p) for label, p in zip(labels, cell.probabilities)}}
 
@@ -31,4 +34,5 @@ def csv_values(record: dict[str, Any], labels: list[str]) -> list[Any]:
     fixed = [record[c] for c in BASE_COLUMNS]
     fixed[BASE_COLUMNS.index("confidence")] = f"{record['confidence']:.4f}"
     fixed[BASE_COLUMNS.index("latency_ms")] = f"{record['latency_ms']:.2f}"
+    fixed[BASE_COLUMNS.index("rbc_px")] = "" if record["rbc_px"] is None else f"{record['rbc_px']:.1f}"
     return fixed + [f"{record['probabilities'][label]:.4f}" for label in labels]

@@ -32,7 +32,7 @@ from edge_app.run.display import Display, display_available
 from edge_app.run.results import CsvWriter, RunStats
 from edge_app.run.resume import CsvMismatch, resume_csv
 from edge_app.run.sources import Source, open_source
-from hemato.argtypes import fraction, non_negative_int, positive_int, seconds
+from hemato.argtypes import fraction, non_negative_int, positive_int, rbc_diameter, seconds
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE = 0, 1, 2
 PROGRESS_EVERY_S = 10.0
@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="never open a window (the default without a display, and for files)")
     parser.add_argument("--min-confidence", type=fraction, default=None,
                         help="answer UNCERTAIN below this confidence (default: the model's own threshold)")
+    parser.add_argument("--rbc-diameter", type=rbc_diameter, metavar="PX",
+                        help="red-cell diameter in this camera's pixels, when known: crops are scaled by it "
+                             "instead of by each frame's estimate (which the CSV's rbc_px column shows)")
     parser.add_argument("--every", type=positive_int, default=1,
                         help="classify every Nth frame of a video or camera (default: 1)")
     parser.add_argument("--read-retries", type=non_negative_int, default=3,
@@ -129,13 +132,17 @@ def _in_source_pixels(cell: CellResult, scale: float) -> CellResult:
 
 
 def process_frame(frame: Frame, classifier: Classifier, writer: CsvWriter, stats: RunStats,
-                  min_confidence: float | None = None) -> FrameResult | None:
-    """Classify one frame, write its rows and count it; the FrameResult, or None for an unusable frame."""
+                  min_confidence: float | None = None, rbc_diameter: float | None = None) -> FrameResult | None:
+    """Classify one frame, write its rows and count it; the FrameResult, or None for an unusable frame.
+
+    rbc_diameter: the camera's red-cell diameter in source pixels, when the user gave it.
+    """
     error = frame.error
     result = None
     if frame.image is not None:
         try:
-            result = classify_frame(classifier, as_bgr(frame.image), min_confidence)
+            result = classify_frame(classifier, as_bgr(frame.image), min_confidence,
+                                    None if rbc_diameter is None else rbc_diameter / frame.scale)
         except (cv2.error, ValueError, MemoryError) as exc:
             error = f"cannot classify: {exc}".splitlines()[0]
     if result is None:
@@ -144,25 +151,28 @@ def process_frame(frame: Frame, classifier: Classifier, writer: CsvWriter, stats
         return None
     timings = {"decode": frame.decode_ms, **result.timings_ms}
     latency = sum(timings.values())
+    rbc_px = None if result.rbc_px is None else result.rbc_px * frame.scale
     start = time.perf_counter()
     for index, cell in enumerate(result.cells):
-        writer.write_cell(frame.source, frame.index, index, _in_source_pixels(cell, frame.scale), latency)
+        writer.write_cell(frame.source, frame.index, index, _in_source_pixels(cell, frame.scale), latency, rbc_px)
     timings["write"] = (time.perf_counter() - start) * 1000
-    stats.add_frame(result.cells, timings)
+    stats.add_frame(result.cells, timings, rbc_px)
     return result
 
 
 def run(classifier: Classifier, source: Source, writer: CsvWriter, min_confidence: float | None = None,
-        display: Display | None = None, stop: threading.Event | None = None) -> tuple[RunStats, int]:
+        display: Display | None = None, stop: threading.Event | None = None,
+        rbc_diameter: float | None = None) -> tuple[RunStats, int]:
     """Classify every frame of the source into the writer until it ends or a stop is asked; (stats, status)."""
-    stats = RunStats(classifier.labels)
+    stats = RunStats(classifier.labels, model_rbc_px=classifier.crop_settings.rbc_diameter_px,
+                     rbc_given=rbc_diameter is not None)
     stop = stop or threading.Event()
     fps = FpsMeter()
     status = EXIT_OK
     start = last_progress = time.perf_counter()
     try:
         for frame in source:
-            result = process_frame(frame, classifier, writer, stats, min_confidence)
+            result = process_frame(frame, classifier, writer, stats, min_confidence, rbc_diameter)
             rate = fps.tick()
             if display is not None and frame.image is not None and result is not None:
                 shown = draw_results(as_bgr(frame.image), result.cells, classifier.labels,
@@ -272,7 +282,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"hemato run: watching {args.source} for new images (Ctrl-C or SIGTERM to stop)", file=sys.stderr)
     warm_up(classifier)
     with stopper.installed():
-        stats, status = run(classifier, source, writer, args.min_confidence, display, stopper.event)
+        stats, status = run(classifier, source, writer, args.min_confidence, display, stopper.event,
+                            args.rbc_diameter)
     stats.notes = notes + [fault for fault in [source.faults()] if fault]
     if stopper.signum is not None:
         stats.stopped = stats.stopped or f"{signal.Signals(stopper.signum).name} received"

@@ -15,7 +15,8 @@ import numpy as np
 from edge_app.core.pipeline import UNCERTAIN, CellResult
 from edge_app.core.records import BASE_COLUMNS, cell_record, csv_columns, csv_values
 
-STAGES = ("decode", "localise", "preprocess", "invoke", "write")
+STAGES = ("decode", "scale", "localise", "preprocess", "invoke", "write")
+LATENCY_STAGES = STAGES[:-1]  # a frame's latency: decode..invoke
 MAX_FAILURES_LISTED = 20   # in the printed summary
 MAX_FAILURES_KEPT = 1000   # in memory and the JSON summary (a long run keeps counting past it)
 MAX_SAMPLES = 100_000      # latest latencies kept for the p95; means cover every frame
@@ -48,8 +49,10 @@ class CsvWriter:
         if self.fsync:
             os.fsync(self._file.fileno())
 
-    def write_cell(self, source: str, frame: int, index: int, cell: CellResult, latency_ms: float) -> None:
-        self._put(csv_values(cell_record(one_line(source), frame, index, cell, self.labels, latency_ms), self.labels))
+    def write_cell(self, source: str, frame: int, index: int, cell: CellResult, latency_ms: float,
+                   rbc_px: float | None = None) -> None:
+        self._put(csv_values(cell_record(one_line(source), frame, index, cell, self.labels, latency_ms, rbc_px),
+                             self.labels))
 
     def write_error(self, source: str, frame: int, error: str) -> None:
         row = dict.fromkeys(BASE_COLUMNS, "") | {"source": one_line(source), "frame": frame, "error": one_line(error)}
@@ -100,9 +103,17 @@ class RunStats:
     elapsed_s: float = 0.0
     stopped: str = ""               # why the run ended early ("" when it ran to the end)
     notes: list[str] = field(default_factory=list)  # resumed CSV, camera faults, vanished files
+    model_rbc_px: float | None = None  # the model's red-cell scale (None: it crops relative to the nucleus)
+    rbc_given: bool = False            # the diameter came from --rbc-diameter, not from each frame
+    rbc_px: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))  # per scaled frame
+    unscaled: int = 0                  # decoded frames with too few red cells to measure (nucleus-relative crop)
 
-    def add_frame(self, cells: list[CellResult], timings_ms: dict[str, float]) -> None:
+    def add_frame(self, cells: list[CellResult], timings_ms: dict[str, float], rbc_px: float | None = None) -> None:
         self.images += 1
+        if rbc_px is None:
+            self.unscaled += 1
+        else:
+            self.rbc_px.append(rbc_px)
         if not cells:
             self.no_cell += 1
         for cell in cells:
@@ -111,7 +122,7 @@ class RunStats:
                 self.uncertain_guess[cell.predicted] = self.uncertain_guess.get(cell.predicted, 0) + 1
         for stage, ms in timings_ms.items():
             self.stages_ms.setdefault(stage, Series()).add(ms)
-        self.latency_ms.add(sum(timings_ms.get(s, 0.0) for s in ("decode", "localise", "preprocess", "invoke")))
+        self.latency_ms.add(sum(timings_ms.get(s, 0.0) for s in LATENCY_STAGES))
 
     def add_failure(self, source: str, error: str) -> None:
         self.failed += 1
@@ -128,6 +139,32 @@ class RunStats:
         return [(label, self.cells.get(label, 0), 100.0 * self.cells.get(label, 0) / certain if certain else 0.0)
                 for label in self.labels]
 
+    def red_cell_scale(self) -> dict[str, Any]:
+        """What the run assumed about the camera's scale: red-cell diameters (source pixels) over the frames."""
+        out: dict[str, Any] = {"model_px": self.model_rbc_px, "given": self.rbc_given,
+                               "frames_scaled": len(self.rbc_px) if self.model_rbc_px else 0,
+                               "frames_unscaled": self.unscaled if self.model_rbc_px else self.images}
+        if self.model_rbc_px and self.rbc_px:
+            p25, p50, p75 = np.percentile(self.rbc_px, [25, 50, 75])
+            out |= {"median_px": round(float(p50), 2), "p25_px": round(float(p25), 2), "p75_px": round(float(p75), 2)}
+        return out
+
+    def _scale_line(self) -> str:
+        if not self.model_rbc_px:
+            return ("Red-cell scale: the model carries none; crops are relative to the nucleus"
+                    + (" (--rbc-diameter ignored)" if self.rbc_given else ""))
+        scale = self.red_cell_scale()
+        if not self.rbc_px:
+            return (f"Red-cell scale: no frame had enough red cells to measure; crops are relative to the nucleus "
+                    f"(model: {self.model_rbc_px:.1f} px)")
+        if self.rbc_given:
+            measured = f"given {scale['median_px']:.1f} px (--rbc-diameter)"
+        else:
+            measured = (f"median {scale['median_px']:.1f} px (IQR {scale['p25_px']:.1f}-{scale['p75_px']:.1f}) "
+                        f"over {scale['frames_scaled']} frames")
+        fell_back = f"; {self.unscaled} frames had too few red cells (nucleus-relative crop)" if self.unscaled else ""
+        return f"Red-cell diameter: {measured}, scaled to the model's {self.model_rbc_px:.1f} px{fell_back}"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "images_read": self.images + self.failed, "images_decoded": self.images,
@@ -138,6 +175,7 @@ class RunStats:
             "failures": [{"source": s, "error": e} for s, e in self.failures],
             "latency_ms": {"mean": round(self.latency_ms.mean, 3), "p95": round(self.latency_ms.p95, 3)},
             "stage_mean_ms": {s: round(v.mean, 3) for s, v in self.stages_ms.items()},
+            "red_cell_scale": self.red_cell_scale(),
             "elapsed_s": round(self.elapsed_s, 3), "stopped": self.stopped, "notes": self.notes,
         }
 
@@ -161,6 +199,8 @@ class RunStats:
             lines += [f"  {source}: {error}" for source, error in self.failures[:MAX_FAILURES_LISTED]]
             if failed > MAX_FAILURES_LISTED:
                 lines.append(f"  ... and {failed - MAX_FAILURES_LISTED} more (see the error column of the CSV)")
+        if self.images:
+            lines.append(self._scale_line())
         if self.latency_ms:
             stages = ", ".join(f"{s} {v.mean:.1f}" for s, v in self.stages_ms.items() if v)
             lines.append(f"Latency per image: mean {self.latency_ms.mean:.1f} ms, p95 {self.latency_ms.p95:.1f} ms "

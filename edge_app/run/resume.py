@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Callable
 
 
+ADDED_COLUMNS = ("rbc_px",)  # columns a CSV from before them lacks (it cannot be resumed: rows would differ)
+
+
 class CsvMismatch(ValueError):
     """The existing CSV was written with other columns (another model): appending would mix schemas."""
 
@@ -39,6 +42,16 @@ def _fields(line: bytes) -> list[str] | None:
         return None
 
 
+def _mismatch(path: str | Path, found: list[str] | None, columns: list[str]) -> str:
+    """Why the CSV's header cannot be appended to, and what to do."""
+    advice = "pass --overwrite to replace it, or another --csv"
+    if found == [c for c in columns if c not in ADDED_COLUMNS]:
+        return (f"{path} was written by an earlier version of hemato run, without the column "
+                f"{', '.join(ADDED_COLUMNS)} (the red-cell scale of each frame); {advice}")
+    classes = [c[2:] for c in columns if c.startswith("p_")]
+    return f"{path} has other columns than this model writes (classes {', '.join(classes)}); {advice}"
+
+
 def resume_csv(path: str | Path, columns: list[str], redo: Callable[[str], bool] = lambda name: False
                ) -> Resume | None:
     """Make an existing CSV safe to append to; None when it has no complete header (start it afresh).
@@ -51,9 +64,9 @@ def resume_csv(path: str | Path, columns: list[str], redo: Callable[[str], bool]
         if not header.endswith(b"\n"):
             f.truncate(0)
             return None
-        if _fields(header) != columns:
-            raise CsvMismatch(f"{path} has other columns than this model writes ({len(columns)} columns: "
-                              f"{', '.join(columns[12:])}); pass --overwrite to replace it, or another --csv")
+        found = _fields(header)
+        if found != columns:
+            raise CsvMismatch(_mismatch(path, found, columns))
         state = Resume()
         offset = good_end = block_start = len(header)
         block_source, block_rows = None, 0

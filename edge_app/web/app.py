@@ -22,7 +22,7 @@ import numpy as np
 from flask import Flask, Request, Response, jsonify, render_template, request, session
 from werkzeug.exceptions import HTTPException
 
-from edge_app.core.image_decode import ImageError, decode_image
+from edge_app.core.image_decode import Decoded, ImageError, decode_image
 from edge_app.core.metadata import ModelFileError
 from edge_app.core.model import Classifier, runtime_version
 from edge_app.core.model_path import MODEL_HELP, find_model
@@ -30,6 +30,7 @@ from edge_app.core.overlay import draw_results
 from edge_app.core.pipeline import UNCERTAIN, FrameResult, classify_frame
 from edge_app.core.records import BASE_COLUMNS, cell_record, csv_columns, csv_values
 from edge_app.web.live import LiveCamera, colour_hex, encode_jpeg, mjpeg_stream
+from hemato.argtypes import rbc_diameter as diameter_px
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 50_000_000  # an upload may claim a huge image in a small file: refused before decoding
@@ -45,8 +46,12 @@ class BadImage(ValueError):
 
 def decode_upload(data: bytes) -> np.ndarray:
     """Uploaded bytes to an upright BGR frame through the core decoder, at most MAX_IMAGE_PIXELS; else BadImage."""
+    return _decode_upload(data).image
+
+
+def _decode_upload(data: bytes) -> Decoded:
     try:
-        return decode_image(data, max_pixels=MAX_IMAGE_PIXELS).image
+        return decode_image(data, max_pixels=MAX_IMAGE_PIXELS)
     except ImageError as exc:
         raise BadImage(str(exc)) from None
 
@@ -62,7 +67,8 @@ def result_rows(source: str, frame: int, result: FrameResult, labels: list[str],
                 decode_ms: float = 0.0) -> list[dict[str, Any]]:
     """One row per located cell, as `hemato run` writes them (latency_ms: the frame's decode..invoke)."""
     latency = decode_ms + sum(result.timings_ms.values())
-    return [_rounded(cell_record(source, frame, i, cell, labels, latency)) for i, cell in enumerate(result.cells)]
+    return [_rounded(cell_record(source, frame, i, cell, labels, latency, result.rbc_px))
+            for i, cell in enumerate(result.cells)]
 
 
 def _rounded(record: dict[str, Any]) -> dict[str, Any]:
@@ -158,7 +164,7 @@ class _State:
 
 
 def create_app(classifier: Classifier, camera: str | None = None,
-               min_confidence: float | None = None) -> Flask:
+               min_confidence: float | None = None, rbc_diameter: float | None = None) -> Flask:
     """The Flask app: upload page, live page (when `camera`, a `hemato run` source, is given), JSON API.
 
     Starts the camera thread; stop it with app.extensions["hemato"].close().
@@ -169,7 +175,7 @@ def create_app(classifier: Classifier, camera: str | None = None,
                       SESSION_COOKIE_SAMESITE="Lax")
     app.json.sort_keys = False  # keep probabilities in the model's label order
     lock = threading.Lock()
-    live = LiveCamera(classifier, camera, lock, min_confidence).start() if camera is not None else None
+    live = LiveCamera(classifier, camera, lock, min_confidence, rbc_diameter=rbc_diameter).start() if camera is not None else None
     state = _State(classifier, min_confidence, live, lock)
     app.extensions["hemato"] = state
     labels = classifier.labels
@@ -226,12 +232,14 @@ def create_app(classifier: Classifier, camera: str | None = None,
         source = clean_source(upload.filename)
         start = time.perf_counter()
         try:
-            bgr = decode_upload(upload.read())
+            decoded = _decode_upload(upload.read())
         except BadImage as exc:
             return jsonify(error=f"{source}: {exc}", source=source, status=400), 400
         decode_ms = (time.perf_counter() - start) * 1000
+        bgr = decoded.image
         with lock:
-            result = classify_frame(classifier, bgr, min_confidence)
+            result = classify_frame(classifier, bgr, min_confidence,
+                                    None if rbc_diameter is None else rbc_diameter / decoded.scale)
         rows = result_rows(source, 0, result, labels, decode_ms)
         if session_id():
             state.sessions.add(session_id(), rows)
@@ -312,6 +320,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-confidence", type=float,
                         help="answer UNCERTAIN below this confidence (default: the threshold stored in the model)")
     parser.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
+    parser.add_argument("--rbc-diameter", type=diameter_px, metavar="PX",
+                        help="red-cell diameter in this camera's pixels, when known: crops are scaled by it "
+                             "instead of by each frame's estimate")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -321,7 +332,8 @@ def main(args: argparse.Namespace) -> int:
     except (ModelFileError, RuntimeError) as exc:
         print(f"hemato serve: {exc}", file=sys.stderr)
         return 2
-    app = create_app(classifier, camera=args.camera, min_confidence=args.min_confidence)
+    app = create_app(classifier, camera=args.camera, min_confidence=args.min_confidence,
+                     rbc_diameter=args.rbc_diameter)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"hemato serve: listening on {args.host}: anyone who can reach this machine can use it", file=sys.stderr)
     print(f"hemato serve: {classifier.name} on http://{args.host}:{args.port}/  (Ctrl-C to stop)", file=sys.stderr)

@@ -49,9 +49,9 @@ class LiveCamera:
     """Reads a source (camera index, picamera, video file) in a thread, classifies each frame, keeps the latest."""
 
     def __init__(self, classifier: Classifier, spec: str, lock: threading.Lock,
-                 min_confidence: float | None = None, retry_s: float = 2.0):
+                 min_confidence: float | None = None, retry_s: float = 2.0, rbc_diameter: float | None = None):
         self.classifier, self.spec, self.lock = classifier, spec, lock
-        self.min_confidence, self.retry_s = min_confidence, retry_s
+        self.min_confidence, self.retry_s, self.rbc_diameter = min_confidence, retry_s, rbc_diameter
         self.jpeg: bytes | None = None
         self.result: FrameResult | None = None
         self.seq = 0
@@ -139,7 +139,7 @@ class LiveCamera:
 
     def _process(self, bgr: np.ndarray) -> None:
         with self.lock:
-            result = classify_frame(self.classifier, bgr, self.min_confidence)
+            result = classify_frame(self.classifier, bgr, self.min_confidence, self.rbc_diameter)
         rate = self._fps.tick() or self.fps  # frames classified per second, smoothed; kept across file loops
         shown = draw_results(bgr, result.cells, self.classifier.labels, rate)
         self._publish(encode_jpeg(shown), result, rate, None)
