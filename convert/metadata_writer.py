@@ -1,4 +1,4 @@
-"""Write the HematoVision JSON metadata into a TFLite flatbuffer (needs TensorFlow)."""
+"""Write the HematoVision JSON metadata into a TFLite flatbuffer (embed_metadata needs TensorFlow)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_app.core.metadata import FORMAT, METADATA_NAME
+from edge_app.core.metadata import FORMAT, METADATA_NAME, ModelFileError, metadata_spans
 
 
 def embed_metadata(tflite_bytes: bytes, metadata: dict[str, Any]) -> bytes:
@@ -24,6 +24,23 @@ def embed_metadata(tflite_bytes: bytes, metadata: dict[str, Any]) -> bytes:
     entry.buffer = len(model.buffers) - 1
     model.metadata = [m for m in (model.metadata or []) if _name(m) != METADATA_NAME] + [entry]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def rewrite_metadata(tflite_bytes: bytes, metadata: dict[str, Any]) -> bytes:
+    """The model with its HematoVision metadata replaced by `metadata` in place: every other byte is kept.
+
+    The document is written compactly and padded with spaces (valid JSON) to the old one's length, so
+    the flatbuffer's layout does not move; ModelFileError when it does not fit.
+    """
+    spans = metadata_spans(tflite_bytes)
+    if METADATA_NAME not in spans:
+        raise ModelFileError(f"the model has no '{METADATA_NAME}' metadata to rewrite")
+    start, length = spans[METADATA_NAME]
+    document = json.dumps({"format": FORMAT, **metadata}, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    if len(document) > length:
+        raise ModelFileError(f"the new metadata ({len(document)} bytes) does not fit in place of the old "
+                             f"({length} bytes): convert the model again")
+    return tflite_bytes[:start] + document.ljust(length, b" ") + tflite_bytes[start + length:]
 
 
 def _name(meta: Any) -> str:

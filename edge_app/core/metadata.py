@@ -50,6 +50,10 @@ class _Table:
         start = at + struct.unpack_from("<I", self.buf, at)[0]
         return start + 4, struct.unpack_from("<I", self.buf, start)[0]
 
+    def bytes_span(self, index: int) -> tuple[int, int] | None:
+        """(start, length) of a byte vector in the buffer."""
+        return self._vector(index)
+
     def bytes_field(self, index: int) -> bytes | None:
         vec = self._vector(index)
         return None if vec is None else self.buf[vec[0]:vec[0] + vec[1]]
@@ -65,25 +69,31 @@ class _Table:
         return out
 
 
-def read_tflite_metadata(model_bytes: bytes) -> dict[str, bytes]:
-    """Return every metadata entry of a TFLite flatbuffer as {name: raw bytes}."""
+def metadata_spans(model_bytes: bytes) -> dict[str, tuple[int, int]]:
+    """Where each metadata entry of a TFLite flatbuffer lies in it: {name: (start, length)}."""
     if len(model_bytes) < 8 or model_bytes[4:8] != b"TFL3":
         raise ModelFileError("not a TFLite model (no TFL3 identifier)")
     try:
         model = _Table(model_bytes, struct.unpack_from("<I", model_bytes, 0)[0])
         buffers = model.tables(_MODEL_BUFFERS)
-        entries = {}
+        spans = {}
         for meta in model.tables(_MODEL_METADATA):
             name = (meta.bytes_field(_METADATA_NAME) or b"").decode("utf-8", "replace")
             buffer = buffers[meta.scalar(_METADATA_BUFFER, "<I")]
-            data = buffer.bytes_field(_BUFFER_DATA)
+            span = buffer.bytes_span(_BUFFER_DATA)
             offset = buffer.scalar(_BUFFER_OFFSET, "<Q")
-            if not data and offset > 1:
-                data = model_bytes[offset:offset + buffer.scalar(_BUFFER_SIZE, "<Q")]
-            entries[name] = bytes(data or b"")
-        return entries
+            if not (span and span[1]) and offset > 1:
+                span = (offset, buffer.scalar(_BUFFER_SIZE, "<Q"))
+            spans[name] = span or (0, 0)
+        return spans
     except (struct.error, IndexError) as exc:
         raise ModelFileError(f"corrupt TFLite flatbuffer: {exc}") from exc
+
+
+def read_tflite_metadata(model_bytes: bytes) -> dict[str, bytes]:
+    """Return every metadata entry of a TFLite flatbuffer as {name: raw bytes}."""
+    return {name: bytes(model_bytes[start:start + length])
+            for name, (start, length) in metadata_spans(model_bytes).items()}
 
 
 def read_model_metadata(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,61 @@
+"""Store a model's red-cell scale in .tflite files already converted, without converting them again.
+
+`python -m convert.set_rbc_scale MODEL... --split models/training_report/split.csv` measures the median
+red-cell diameter over the training images (rows with split train or val; paths relative to the CSV)
+and writes it, with the reference short side, into each model's crop settings. Only the metadata
+bytes change (convert.metadata_writer.rewrite_metadata). `--diameter PX` skips the measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from edge_app.core.metadata import ModelFileError, read_model_metadata
+
+
+def training_paths(split_csv: Path, splits: tuple[str, ...] = ("train", "val")) -> list[Path]:
+    """The images of the given splits in a training report's split.csv (paths relative to its folder)."""
+    with open(split_csv, newline="", encoding="utf-8") as f:
+        return [(split_csv.parent / row["filepath"]).resolve() for row in csv.DictReader(f) if row["split"] in splits]
+
+
+def set_scale(model: Path, diameter: float, short_side: int) -> None:
+    """Rewrite the model's crop settings with rbc_diameter_px and reference_short_side, in place."""
+    from convert.metadata_writer import rewrite_metadata
+    meta = read_model_metadata(model)
+    meta.pop("format", None)
+    meta["crop"] = {**meta.get("crop", {}), "rbc_diameter_px": round(diameter, 2),
+                    "reference_short_side": short_side}
+    model.write_bytes(rewrite_metadata(model.read_bytes(), meta))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m convert.set_rbc_scale", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", type=Path, nargs="+", metavar="MODEL")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--split", type=Path, help="the training report's split.csv")
+    source.add_argument("--diameter", type=float, metavar="PX", help="the training red-cell diameter, if known")
+    parser.add_argument("--short-side", type=int, default=240,
+                        help="the training frames' short side (pixels) at that scale (default 240)")
+    args = parser.parse_args(argv)
+    diameter = args.diameter
+    try:
+        if diameter is None:
+            from edge_app.core.scale import training_rbc_diameter
+            paths = training_paths(args.split)
+            diameter = training_rbc_diameter(paths)
+            print(f"median red-cell diameter over {len(paths)} training images: {diameter:.2f} px")
+        for model in args.models:
+            set_scale(model, diameter, args.short_side)
+            print(f"{model}: rbc_diameter_px {diameter:.2f}, reference_short_side {args.short_side}")
+    except (ModelFileError, ValueError, OSError) as exc:
+        print(f"convert.set_rbc_scale: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
