@@ -11,6 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_app.core.scale import estimate_rbc_diameter
 
 REFERENCE_ASPECT = 4 / 3  # long / short side of the reference frame (the 320 x 240 training photographs)
 MIN_SCALED_SIDE = 32      # a frame scaled to the model's red-cell size must stay this large ...
@@ -162,7 +163,6 @@ def scale_frame(bgr: np.ndarray, settings: CropSettings, rbc_px: float | None = 
     if not settings.rbc_diameter_px:
         return ScaledFrame(bgr)
     if rbc_px is None:
-        from edge_app.core.scale import estimate_rbc_diameter
         rbc_px, _ = estimate_rbc_diameter(bgr)
     if not rbc_px or rbc_px <= 0:
         return ScaledFrame(bgr)
