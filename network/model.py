@@ -3,6 +3,8 @@ inside the graph, pooled features and colour statistics, dropout, logits; rotati
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,20 +14,39 @@ class WeightsError(ValueError):
     """The backbone weights cannot be loaded; the message says what to pass instead."""
 
 
+# Where an offline machine keeps the ImageNet weights: $HEMATO_IMAGENET_WEIGHTS, else the shared folder
+# beside the repository.
+IMAGENET_WEIGHTS_FILE = "mobilenetv2_1.0_imagenet_no_top.weights.h5"
+
+
+def local_imagenet_weights() -> Path | None:
+    """A local copy of the ImageNet MobileNetV2 backbone weights, if this machine has one."""
+    candidates = [os.environ.get("HEMATO_IMAGENET_WEIGHTS", ""),
+                  Path(__file__).resolve().parents[1].parent / "shared" / "weights" / IMAGENET_WEIGHTS_FILE]
+    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
+
+
 def _backbone(input_size: int, weights: str | None):
     import keras
     source = None if weights in (None, "none") else weights
     if source not in (None, "imagenet") and not Path(source).is_file():
         raise WeightsError(f"backbone weights file not found: {source}")
-    try:
+
+    def load(from_weights):
         return keras.applications.MobileNetV2(input_shape=(input_size, input_size, 3), include_top=False,
-                                              weights=source, alpha=1.0)
+                                              weights=from_weights, alpha=1.0)
+    try:
+        return load(source)
     except Exception as exc:  # download failures surface as several exception types
-        if source == "imagenet":
-            raise WeightsError("could not download the ImageNet MobileNetV2 weights (offline?). Pass a local "
-                               "Keras weights file instead, e.g. --weights "
-                               "../shared/weights/mobilenetv2_1.0_no_top.weights.h5, or --weights none") from exc
-        raise WeightsError(f"could not load backbone weights from {source}: {exc}") from exc
+        if source != "imagenet":
+            raise WeightsError(f"could not load backbone weights from {source}: {exc}") from exc
+        local = local_imagenet_weights()
+        if local is None:
+            raise WeightsError("could not download the ImageNet MobileNetV2 weights (offline?) and found no local "
+                               f"copy: pass --weights PATH/{IMAGENET_WEIGHTS_FILE} or set "
+                               "HEMATO_IMAGENET_WEIGHTS") from exc
+        print(f"could not download the ImageNet weights; using the local copy {local}", file=sys.stderr)
+        return load(str(local))
 
 
 # Backbone layers whose pooled outputs the head reads: mid-level features generalise to new photographs

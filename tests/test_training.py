@@ -129,9 +129,9 @@ def test_grouped_split_keeps_each_group_on_one_side_and_stratifies():
 
 def _train(data: Path, out: Path, **options) -> dict:
     from training.train import TrainConfig, run_training
-    options = {"folds": 1, **options}  # a validation split, so that the tiny run also fine-tunes
-    config = TrainConfig(input_size=32, weights="none", head_epochs=2, finetune_epochs=1,
-                         finetune_from="block_13_expand", batch_size=8, seed=3, **options)
+    options = {"folds": 1, "finetune_epochs": 1, **options}  # a validation split, so that the tiny run also fine-tunes
+    config = TrainConfig(input_size=32, weights="none", head_epochs=2, finetune_from="block_13_expand", batch_size=8,
+                         seed=3, **options)
     return run_training(data, out, config)
 
 
@@ -359,3 +359,27 @@ def test_fine_tuning_trains_the_head_the_device_runs():
     assert not np.allclose(np.asarray(model(crops, training=True)), inference, atol=1e-3)  # dropout on raw features
     without_head_dropout(model)
     np.testing.assert_allclose(np.asarray(model(crops, training=True)), inference, rtol=1e-4, atol=1e-4)
+
+
+def test_two_laboratories_with_different_class_sets_train_one_model(tmp_path):
+    """Each image keeps its source: labels are the union, validation is reported and guarded per source."""
+    lab_a = write_dataset(tmp_path / "lab-a", 8, 2)
+    lab_b = tmp_path / "lab-b"
+    for c, (name, colour) in enumerate({**CLASS_COLOURS, "PINKISH": (150, 90, 200)}.items()):
+        (lab_b / name).mkdir(parents=True)
+        for i in range(8):
+            frame = make_smear(seed=5000 + 50 * c + i, nucleus_bgr=colour, cells=[(160, 120, 24)])
+            frame = np.clip(frame.astype(int) + (0, 10, 25), 0, 255).astype(np.uint8)  # another stain
+            cv2.imwrite(str(lab_b / name / f"{i}.jpg"), frame)
+    frame = read_dataset([lab_a, lab_b])
+    assert set(frame["source"]) == {"lab-a", "lab-b"} and frame["label"].nunique() == 3
+    out = tmp_path / "run"
+    report = _train([lab_a, lab_b], out, finetune_epochs=0, augmented_copies=0)
+    splits = pd.read_csv(out / "splits.csv")
+    val = splits[splits["split"] == "val"]
+    assert set(val["source"]) == {"lab-a", "lab-b"}  # stratified per source
+    assert set(report["splits"]["val"]["by_source"]) == {"lab-a", "lab-b"}
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["labels"] == ["BLUISH", "PINKISH", "PURPLE"]
+    assert [r["source"] for r in meta["ood"]["regions"]] == ["lab-a", "lab-b"]
+    assert meta["training"]["images_per_source"] == {"lab-a": 16, "lab-b": 24}

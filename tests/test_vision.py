@@ -63,3 +63,18 @@ def test_colour_guard_flags_crops_unlike_training():
     green = np.zeros((32, 32, 3), np.uint8)
     green[:, :, 1] = 200
     assert restored.is_unusual(crop_statistics(green, settings))
+
+
+def test_colour_guard_has_one_region_per_laboratory_and_reads_old_models():
+    from edge_app.core.ood import ColourGuard
+    rng = np.random.default_rng(0)
+    lab_a = rng.normal(0.0, 1.0, (400, 3))
+    lab_b = rng.normal(10.0, 1.0, (400, 3))
+    guard = ColourGuard.from_dict(ColourGuard.fit_sources({"a": (lab_a[:300], lab_a[300:]),
+                                                           "b": (lab_b[:300], lab_b[300:])}).to_dict())
+    assert [r.source for r in guard.regions] == ["a", "b"]
+    assert not guard.is_unusual(lab_a[0]) and not guard.is_unusual(lab_b[0])
+    assert guard.is_unusual(np.full(3, 5.0))  # between the two laboratories: like neither
+    old = {"kind": "colour-mahalanobis", "mean": [0, 0, 0], "inv_cov": np.eye(3).tolist(), "max_distance": 2.0}
+    single = ColourGuard.from_dict(old)
+    assert not single.is_unusual(np.zeros(3)) and single.is_unusual(np.full(3, 3.0))

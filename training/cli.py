@@ -12,8 +12,9 @@ DEFAULTS = TrainConfig()
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `hemato train`."""
-    parser.add_argument("data", type=Path, help="folder of class folders (optionally TRAIN/ and TEST/), or a CSV "
-                                                "with filepath,label[,split][,group]")
+    parser.add_argument("data", type=Path, nargs="+",
+                        help="one or more datasets, one per laboratory: a folder of class folders (optionally TRAIN/ "
+                             "and TEST/), or a CSV with filepath,label[,split][,group][,source]")
     parser.add_argument("--out", type=Path, default=Path("runs/wbc"), help="output folder (default runs/wbc)")
     parser.add_argument("--weights", default=DEFAULTS.weights,
                         help="backbone weights: imagenet (downloads), a local .h5 file, or none")

@@ -59,17 +59,34 @@ def read_csv(path: Path) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def read_dataset(source: Path) -> pd.DataFrame:
-    """Read a dataset from a folder or a CSV file."""
-    source = Path(source)
-    frame = read_csv(source) if source.suffix.lower() == ".csv" else read_folder(source)
-    if "group" not in frame.columns:
-        frame["group"] = None
+def read_dataset(sources: Path | list[Path]) -> pd.DataFrame:
+    """Read one or several datasets (folders or CSV files) into one frame; each row keeps its `source`.
+
+    A folder's source is its name (`blood-cells`, `pbc`); a CSV's is its `source` column, else its file
+    name. Sources may have different class sets: the labels are their union.
+    """
+    paths = [Path(sources)] if isinstance(sources, (str, Path)) else [Path(s) for s in sources]
+    if not paths:
+        raise DatasetError("no dataset given")
+    frames = []
+    for path in paths:
+        frame = read_csv(path) if path.suffix.lower() == ".csv" else read_folder(path)
+        if "source" not in frame.columns:
+            frame["source"] = path.stem if path.suffix.lower() == ".csv" else path.resolve().name
+        frame["source"] = frame["source"].fillna(path.stem)
+        if "group" not in frame.columns:
+            frame["group"] = None
+        frames.append(frame)
+    frame = pd.concat(frames, ignore_index=True)
+    if frame["filepath"].duplicated().any():
+        raise DatasetError(f"an image is listed twice, e.g. {frame['filepath'][frame['filepath'].duplicated()].iloc[0]}")
     if frame["label"].nunique() < 2:
-        raise DatasetError(f"{source}: need at least two classes, found {sorted(frame['label'].unique())}")
+        raise DatasetError(f"{', '.join(map(str, paths))}: need at least two classes, found "
+                           f"{sorted(frame['label'].unique())}")
     return frame
 
 
 def class_counts(frame: pd.DataFrame) -> pd.DataFrame:
-    """Images per class and split, for the report printed before training."""
-    return frame.pivot_table(index="label", columns="split", values="filepath", aggfunc="count", fill_value=0)
+    """Images per class, source and split, for the report printed before training."""
+    return frame.pivot_table(index="label", columns=["source", "split"], values="filepath", aggfunc="count",
+                             fill_value=0)

@@ -19,9 +19,24 @@ def predict_logits(model, crops: np.ndarray, rows: np.ndarray, batch_size: int =
     return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
+def _source_report(rows: np.ndarray, y: np.ndarray, logits_by_row: dict[int, np.ndarray], temperature: float,
+                   threshold: float) -> dict:
+    """Accuracy (unlocated images count as wrong), ECE and coverage at the threshold of one source's rows."""
+    located = [r for r in rows if r in logits_by_row]
+    pred = np.array([int(np.argmax(logits_by_row[r])) if r in logits_by_row else -1 for r in rows])
+    part = {"n": int(len(rows)), "accuracy": round(float(np.mean(pred == y[rows])), 4)}
+    if located:
+        after = softmax(np.stack([logits_by_row[r] for r in located]), temperature)
+        coverage, answered_accuracy = calibration.coverage_at(after, y[located], threshold)
+        part.update(ece_after=round(calibration.expected_calibration_error(after, y[located]), 4),
+                    coverage_at_threshold=round(coverage, 4),
+                    accuracy_answered_at_threshold=None if answered_accuracy is None else round(answered_accuracy, 4))
+    return part
+
+
 def _split_report(name: str, rows: np.ndarray, y: np.ndarray, logits_by_row: dict[int, np.ndarray],
                   labels: list[str], temperature: float, threshold: float,
-                  out_dir: Path) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+                  out_dir: Path, sources: np.ndarray) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
     """Metrics and calibration of one split's rows, and its risk-coverage curve (coverage, answered accuracy)."""
     located = [r for r in rows if r in logits_by_row]
     y_all = y[rows]
@@ -41,6 +56,8 @@ def _split_report(name: str, rows: np.ndarray, y: np.ndarray, logits_by_row: dic
         "reliability_before": calibration.reliability_bins(before, y_loc),
         "reliability_after": calibration.reliability_bins(after, y_loc),
     }
+    report["by_source"] = {str(source): _source_report(rows[sources[rows] == source], y, logits_by_row, temperature,
+                                                       threshold) for source in np.unique(sources[rows])}
     plots.confusion_png(report["confusion"]["matrix"], labels, out_dir / f"confusion_{name}.png",
                         f"{name}: accuracy {report['accuracy']:.3f}")
     _, curve_coverage, curve_accuracy = calibration.risk_coverage(after, y_loc)
@@ -80,7 +97,8 @@ def evaluate_and_calibrate(model, crops: np.ndarray, y: np.ndarray, frame: pd.Da
     for name, rows in parts.items():
         if len(rows) == 0:
             continue
-        part, curves[name] = _split_report(name, rows, y, logits_by_row, labels, temperature, threshold, out_dir)
+        part, curves[name] = _split_report(name, rows, y, logits_by_row, labels, temperature, threshold, out_dir,
+                                           frame["source"].to_numpy())
         report["splits"][name] = part
         cal = part["calibration"]
         if cal["accuracy_answered_at_threshold"] is not None:

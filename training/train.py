@@ -104,48 +104,74 @@ def photograph_groups(paths: list[str], labels: np.ndarray, settings: CropSettin
 
 def assign_groups(frame: pd.DataFrame, labels: np.ndarray, config: TrainConfig,
                   cache_dir: Path) -> tuple[pd.DataFrame, np.ndarray]:
-    """(frame, group number per usable training row): the given 'group' column, else the recovered photographs."""
+    """(frame, group number per usable training row), source by source: a source's given 'group' column,
+    else its recovered photographs (copies of one photograph never straddle a split or a fold)."""
     frame = frame.copy()
     train_idx = np.flatnonzero((frame["split"] == "train") & (frame["reason"] == ""))
-    if frame["group"].notna().any():
-        groups = pd.factorize(frame["group"].fillna(frame["filepath"]))[0][train_idx]
-        frame.loc[frame.index[train_idx], "group"] = frame["group"].fillna(frame["filepath"]).iloc[train_idx]
-        _log(f"grouped by the given 'group' column ({len(np.unique(groups))} groups)")
-        return frame, groups
-    groups = photograph_groups(list(frame["filepath"].iloc[train_idx]), labels[train_idx], crop_settings(config),
-                               cache_dir)
-    frame.loc[frame.index[train_idx], "group"] = [f"photo{g}" for g in groups]
-    sizes = np.bincount(groups)
-    _log(f"found {len(sizes)} photographs among the training images (copies per photograph: median "
-         f"{int(np.median(sizes))}, most {sizes.max()}; {int((sizes == 1).sum())} images matched none)")
-    return frame, groups
+    names = np.empty(len(frame), dtype=object)
+    for source in frame["source"].unique():
+        idx = train_idx[(frame["source"].to_numpy()[train_idx] == source)]
+        given = frame["group"].iloc[idx]
+        if given.notna().any():
+            names[idx] = given.fillna(frame["filepath"].iloc[idx]).to_numpy()
+            _log(f"{source}: grouped by the given 'group' column ({given.nunique()} groups)")
+            continue
+        found = photograph_groups(list(frame["filepath"].iloc[idx]), labels[idx], crop_settings(config), cache_dir)
+        names[idx] = [f"photo{g}" for g in found]
+        sizes = np.bincount(found)
+        _log(f"{source}: found {len(sizes)} photographs among {len(idx)} training images (copies per photograph: "
+             f"median {int(np.median(sizes))}, most {sizes.max()}; {int((sizes == 1).sum())} images matched none)")
+    frame.loc[frame.index[train_idx], "group"] = names[train_idx]
+    # a group name means something only within its own source
+    keys = [f"{source}\0{name}" for source, name in zip(frame["source"].to_numpy()[train_idx], names[train_idx])]
+    return frame, pd.factorize(np.array(keys))[0]
 
 
 def assign_validation(frame: pd.DataFrame, labels: np.ndarray, config: TrainConfig, cache_dir: Path) -> pd.DataFrame:
-    """Mark validation rows: the given 'val' split, else a grouped stratified split of 'train'."""
+    """Mark validation rows: the given 'val' split, else a grouped split of 'train' stratified by source and class."""
     if (frame["split"] == "val").any():
         return frame.copy()
     frame, groups = assign_groups(frame, labels, config, cache_dir)
     train_idx = np.flatnonzero((frame["split"] == "train") & (frame["reason"] == ""))
-    is_val = grouped_stratified_split(labels[train_idx], groups, config.val_fraction, config.seed)
+    sources = frame["source"].to_numpy()[train_idx]
+    strata = np.array([f"{s}/{label}" for s, label in zip(sources, labels[train_idx])])
+    is_val = grouped_stratified_split(strata, groups, config.val_fraction, config.seed)
     frame.loc[frame.index[train_idx[is_val]], "split"] = "val"
     return frame
 
 
 def fit_colour_guard(crops: np.ndarray, frame: pd.DataFrame, settings: CropSettings) -> tuple[ColourGuard, dict]:
-    """Fit the out-of-distribution guard on training crops, its limit on validation; report flagged shares."""
-    split = frame["split"].to_numpy()
+    """Fit the out-of-distribution guard, one region per source on its training crops with its limit on its
+    validation crops (its training crops when it has none); report the share flagged per source and split."""
+    split, source = frame["split"].to_numpy(), frame["source"].to_numpy()
     usable = (frame["reason"] == "").to_numpy()
-    stats = {name: np.array([crop_statistics(crops[r], settings) for r in np.flatnonzero(usable & (split == name))])
-             for name in ("train", "val", "test") if (usable & (split == name)).any()}
-    # a cross-validated run has no validation split: the limit then comes from the training crops
-    # themselves (seven colour statistics over thousands of crops: in-sample makes little difference)
-    guard = ColourGuard.fit(stats["train"], stats.get("val", stats["train"]))
-    flagged = {name: round(float(np.mean(guard.distance(s) > guard.max_distance)), 4) for name, s in stats.items()}
-    return guard, {"max_distance": round(guard.max_distance, 3), "share_flagged": flagged}
+
+    def stats(mask: np.ndarray) -> np.ndarray:
+        return np.array([crop_statistics(crops[r], settings) for r in np.flatnonzero(usable & mask)])
+
+    by_source, flagged = {}, {}
+    for name in frame["source"].unique():
+        train, val = stats((split == "train") & (source == name)), stats((split == "val") & (source == name))
+        if len(train) > crop_statistics(crops[0], settings).size + 1:  # enough crops for a covariance
+            by_source[name] = (train, val if len(val) else train)
+    guard = ColourGuard.fit_sources(by_source)
+    for name in frame["source"].unique():
+        for part in ("train", "val", "test"):
+            s = stats((split == part) & (source == name))
+            if len(s):
+                flagged[f"{name}/{part}"] = round(float(np.mean(guard.distance(s) > 1.0)), 4)
+    return guard, {"regions": list(by_source), "share_flagged": flagged}
 
 
-def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Path | None = None) -> dict:
+def provenance(config: TrainConfig, sources: Path | list[Path], frame: pd.DataFrame) -> dict:
+    """What the model was trained on and how, for its metadata (`hemato info` shows it)."""
+    paths = [sources] if isinstance(sources, (str, Path)) else sources
+    fitted = frame[frame["split"] != "test"]
+    return {"config": asdict(config), "sources": [str(p) for p in paths], "date": time.strftime("%Y-%m-%d"),
+            "images_per_source": {str(k): int(v) for k, v in fitted["source"].value_counts().sort_index().items()}}
+
+
+def run_training(sources: Path | list[Path], out_dir: Path, config: TrainConfig, cache_dir: Path | None = None) -> dict:
     """Train, evaluate and save a model; returns the report (also written to report.json)."""
     import keras
     import tensorflow as tf
@@ -162,8 +188,8 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
 
-    frame = read_dataset(source)
-    _log("images per class and split:\n" + class_counts(frame).to_string())
+    frame = read_dataset(sources)
+    _log("images per class, source and split:\n" + class_counts(frame).to_string())
     labels_sorted = sorted(frame["label"].unique())
     settings = crop_settings(config)
     frame, crops = prepare_rows(frame, settings, cache_dir)
@@ -222,7 +248,7 @@ def run_training(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
     metadata = {"ood": guard.to_dict(), "labels": labels_sorted, "input_size": config.input_size, "output": "logits", "views": config.views,
                 "crop": settings.to_dict(), "temperature": report["calibration"]["temperature"],
                 "min_confidence": report["calibration"]["min_confidence"],
-                "model_name": "wbc_mobilenetv2", "training": {"config": asdict(config), "source": str(source)}}
+                "model_name": "wbc_mobilenetv2", "training": provenance(config, sources, frame)}
     (out_dir / "metadata.json").write_text(json.dumps(metadata, indent=2))
     report["wall_time_s"] = round(time.time() - started, 1)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
