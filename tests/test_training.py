@@ -383,3 +383,21 @@ def test_two_laboratories_with_different_class_sets_train_one_model(tmp_path):
     assert meta["labels"] == ["BLUISH", "PINKISH", "PURPLE"]
     assert [r["source"] for r in meta["ood"]["regions"]] == ["lab-a", "lab-b"]
     assert meta["training"]["images_per_source"] == {"lab-a": 16, "lab-b": 24}
+
+
+def test_canonical_scale_keeps_the_sharper_laboratory_and_reaches_the_model(tmp_path):
+    """The canonical red-cell diameter is the largest source's, so no laboratory's frames are shrunk."""
+    from training.train import red_cell_scale
+    small, large = tmp_path / "small", tmp_path / "large"
+    rows = []
+    for root, size in ((small, (320, 240)), (large, (480, 360))):
+        (root / "A").mkdir(parents=True)
+        for i in range(6):
+            path = root / "A" / f"{i}.png"
+            cv2.imwrite(str(path), make_smear(*size, seed=i, red_cells=25))
+            rows.append((str(path), "A", "train", root.name))
+    frame = pd.DataFrame(rows, columns=["filepath", "label", "split", "source"])
+    diameter, short_side = red_cell_scale(frame, tmp_path / "cache")
+    drawn_large = 2 * int(360 * 0.08)  # make_smear's red cells: radius 8 % of the short side
+    assert diameter == pytest.approx(drawn_large, rel=0.1)
+    assert short_side == pytest.approx(360, rel=0.1)  # both sources' frames, at that scale

@@ -11,14 +11,16 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from edge_app.core.frames import read_image
 from edge_app.core.ood import ColourGuard
+from edge_app.core.scale import training_rbc_diameter
 from edge_app.core.vision import CropSettings, crop_statistics
 from training.crops import cache_key, cached_crops, crop_cache_file
 from training.data import class_counts, read_dataset
@@ -60,6 +62,38 @@ def crop_settings(config: TrainConfig) -> CropSettings:
     """The localiser and crop settings this run trains with; the model carries them to the device."""
     return CropSettings(input_size=config.input_size, crop_scale=config.crop_scale,
                         min_crop_frac=config.min_crop_frac)
+
+
+def red_cell_scale(frame: pd.DataFrame, cache_dir: Path) -> tuple[float | None, int | None]:
+    """(red-cell diameter, reference short side) of the model's canonical frame, from its training images.
+
+    Each source's median red-cell diameter is measured (edge_app.core.scale); the canonical diameter is the
+    largest of them, so that no laboratory's frames are shrunk and lose detail, and the reference short side
+    is the median training frame's short side at that scale. (None, None) when no red cell is measured.
+    """
+    rows = frame[frame["split"] != "test"]
+    per_source = {}
+    for source, part in rows.groupby("source"):
+        paths = sorted(part["filepath"])
+        cache = Path(cache_dir) / f"red_cells_{cache_key(paths, CropSettings())}.json"
+        if not cache.exists():
+            try:
+                diameter = training_rbc_diameter(paths)
+            except ValueError:
+                diameter = None
+            sample = (read_image(p)[0] for p in paths[::max(1, len(paths) // 50)])
+            short = float(np.median([min(image.shape[:2]) for image in sample if image is not None]))
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({"diameter": diameter, "short_side": short}))
+        per_source[source] = (json.loads(cache.read_text()), len(part))
+    measured = {s: (m, n) for s, (m, n) in per_source.items() if m["diameter"]}
+    if not measured:
+        return None, None
+    diameter = max(m["diameter"] for m, _ in measured.values())
+    sides = np.concatenate([np.full(n, m["short_side"] * diameter / m["diameter"]) for m, n in measured.values()])
+    for source, (m, _) in per_source.items():
+        _log(f"{source}: red cells {m['diameter'] and round(m['diameter'], 1)} px across")
+    return round(diameter, 2), int(round(float(np.median(sides))))
 
 
 def _log(message: str) -> None:
@@ -191,7 +225,9 @@ def run_training(sources: Path | list[Path], out_dir: Path, config: TrainConfig,
     frame = read_dataset(sources)
     _log("images per class, source and split:\n" + class_counts(frame).to_string())
     labels_sorted = sorted(frame["label"].unique())
-    settings = crop_settings(config)
+    rbc_diameter, reference_short_side = red_cell_scale(frame, cache_dir)
+    settings = replace(crop_settings(config), rbc_diameter_px=rbc_diameter, reference_short_side=reference_short_side)
+    _log(f"canonical scale: red cells {rbc_diameter} px across, reference short side {reference_short_side} px")
     frame, crops = prepare_rows(frame, settings, cache_dir)
     y = frame["label"].map({name: i for i, name in enumerate(labels_sorted)}).to_numpy()
     usable = (frame["reason"] == "").to_numpy()
