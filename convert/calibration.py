@@ -22,7 +22,7 @@ class CalibrationError(ValueError):
 class CalibrationSet:
     """Model-ready RGB uint8 crops (S x S x 3) and where they came from."""
 
-    folder: Path
+    folders: list[Path]
     crops: list[np.ndarray]
     per_class: dict[str, int] = field(default_factory=dict)
     no_cell: int = 0
@@ -30,7 +30,7 @@ class CalibrationSet:
 
     def info(self) -> dict:
         """What goes into the model metadata under "calibration"."""
-        return {"folder": str(self.folder), "count": len(self.crops), "per_class": self.per_class,
+        return {"folders": [str(f) for f in self.folders], "count": len(self.crops), "per_class": self.per_class,
                 "skipped_no_cell": self.no_cell, "skipped_unreadable": self.unreadable}
 
     def batches(self):
@@ -65,14 +65,19 @@ def stratified_order(pairs: list[tuple[Path, str]], seed: int) -> list[tuple[Pat
     return order
 
 
-def build_calibration_set(folder: Path, settings: CropSettings, count: int = 300, seed: int = 0,
+def build_calibration_set(folders: Path | list[Path], settings: CropSettings, count: int = 300, seed: int = 0,
                           progress: Callable[[str], None] | None = None) -> CalibrationSet:
-    """Up to `count` crops, stratified by class, skipping images where no cell is found."""
+    """Up to `count` crops, stratified by laboratory (folder) and class, skipping images where no cell is found."""
     if count < 1:
         raise CalibrationError(f"--calib-count must be at least 1, got {count}")
     progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    result = CalibrationSet(Path(folder), [])
-    for path, label in stratified_order(list_images(folder), seed):
+    folders = [Path(folders)] if isinstance(folders, (str, Path)) else [Path(f) for f in folders]
+    several = len(folders) > 1
+    pairs = [(path, f"{folder.name}/{label}" if several else label) for folder in folders
+             for path, label in list_images(folder)]
+    folder = ", ".join(str(f) for f in folders)
+    result = CalibrationSet(folders, [])
+    for path, label in stratified_order(pairs, seed):
         if len(result.crops) >= count:
             break
         crop, reason = file_cell_crop(path, settings)

@@ -19,9 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=Path, help="training run folder holding model.keras and metadata.json")
     parser.add_argument("--quant", choices=VARIANTS, default="float32", help="variant to write (default float32)")
     parser.add_argument("--out", type=Path, help="output .tflite (default models/<run>_<quant>.tflite)")
-    parser.add_argument("--calib", type=Path,
-                        help="folder of real images (class folders or flat): int8's representative dataset, and "
-                             "for int8 and dynamic the crops that measure bias correction (convert.bias_correction)")
+    parser.add_argument("--calib", type=Path, nargs="+",
+                        help="one or more folders of real images (class folders or flat; one per laboratory): "
+                             "int8's representative dataset, stratified by folder and class, and for int8 and "
+                             "dynamic the crops that measure bias correction (convert.bias_correction)")
     parser.add_argument("--calib-count", type=int, default=300,
                         help="int8: number of calibration crops, stratified by class (default 300)")
     parser.add_argument("--seed", type=int, default=0, help="int8: seed of the calibration sample (default 0)")

@@ -45,7 +45,7 @@ def test_metadata_survives_conversion(models, tmp_path_factory):
                               else {"input": "float32", "output": "float32"})
         assert ("calibration" in meta) == (variant == "int8")
     calib = read_model_metadata(models["int8"])["calibration"]
-    assert calib["count"] == 60 and calib["folder"] == str(assets(tmp_path_factory)["train"])
+    assert calib["count"] == 60 and calib["folders"] == [str(assets(tmp_path_factory)["train"])]
     assert calib["per_class"] == {label: 15 for label in LABELS}  # stratified
 
 
@@ -185,3 +185,21 @@ def test_missing_validation_images_are_a_clear_error(tmp_path, tmp_path_factory,
     assert hemato(["convert", str(run), "--quant", "float32", "--out", str(tmp_path / "x.tflite")]) == 2
     err = capsys.readouterr().err
     assert "validation images" in err and "nowhere/cell.png" in err and "--keep-calibration" in err
+
+
+def test_calibration_covers_every_laboratory_and_class(tmp_path):
+    import cv2
+
+    from conftest import make_smear
+    from convert.calibration import build_calibration_set
+    from edge_app.core.vision import CropSettings
+    folders = []
+    for lab, classes in (("lab-a", ["A", "B"]), ("lab-b", ["A", "B", "C"])):
+        for c in classes:
+            (tmp_path / lab / c).mkdir(parents=True)
+            for i in range(6):
+                cv2.imwrite(str(tmp_path / lab / c / f"{i}.png"), make_smear(seed=i + 10 * len(c)))
+        folders.append(tmp_path / lab)
+    calib = build_calibration_set(folders, CropSettings(input_size=32), count=10, progress=lambda _: None)
+    assert calib.per_class == {"lab-a/A": 2, "lab-a/B": 2, "lab-b/A": 2, "lab-b/B": 2, "lab-b/C": 2}
+    assert calib.info()["folders"] == [str(f) for f in folders]
