@@ -82,7 +82,7 @@ def describe(path: Path, meta: dict[str, Any]) -> list[str]:
         lines.append(f"Quantisation: {'; '.join(quant)}")
     calibration = meta.get("calibration")
     if isinstance(calibration, dict) and calibration.get("count"):
-        lines.append(f"Quantisation calibration: {calibration["count"]} crops from {calibration.get('folder', '?')}")
+        lines.append(f"Quantisation calibration: {calibration['count']} crops from {calibration.get('folder', '?')}")
     training = meta.get("training", {})
     config = training.get("config", {})
     if config:
