@@ -7,7 +7,6 @@ An existing CSV is resumed (see edge_app.run.resume) unless --overwrite is given
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import signal
 import sys
 import threading
@@ -19,7 +18,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from edge_app.core.frames import Frame, as_bgr
+from edge_app.core.frames import Frame, as_bgr, scaled_cell
 from edge_app.core.metadata import ModelFileError
 from edge_app.core.model import Classifier, runtime_version
 from edge_app.core.model_path import MODEL_HELP, find_model
@@ -27,7 +26,6 @@ from edge_app.core.overlay import FpsMeter, draw_results
 from edge_app.core.pipeline import CellResult, FrameResult, classify_frame
 from edge_app.core.records import csv_columns
 from edge_app.core.sources import SourceError, SourceLost
-from edge_app.core.vision import Box
 from edge_app.core.wording import image_answer, threshold_text
 from edge_app.run.display import Display, display_available
 from edge_app.run.results import CsvWriter, RunStats, csv_counts
@@ -125,16 +123,6 @@ def warm_up(classifier: Classifier) -> None:
     classify_frame(classifier, frame)
 
 
-def _in_source_pixels(cell: CellResult, scale: float) -> CellResult:
-    """The cell with its box in the source image's pixels (the frame may be a reduced huge image)."""
-    if scale == 1.0:
-        return cell
-    b = cell.box
-    box = Box(round(b.x0 * scale), round(b.y0 * scale), round(b.x1 * scale), round(b.y1 * scale),
-              round(b.stained_area * scale * scale))
-    return dataclasses.replace(cell, box=box)
-
-
 def process_frame(frame: Frame, classifier: Classifier, writer: CsvWriter, stats: RunStats,
                   min_confidence: float | None = None, rbc_diameter: float | None = None,
                   echo: bool = False) -> FrameResult | None:
@@ -162,7 +150,7 @@ def process_frame(frame: Frame, classifier: Classifier, writer: CsvWriter, stats
     rbc_px = None if result.rbc_px is None else result.rbc_px * frame.scale
     start = time.perf_counter()
     for index, cell in enumerate(result.cells):
-        writer.write_cell(frame.source, frame.index, index, _in_source_pixels(cell, frame.scale), latency, rbc_px)
+        writer.write_cell(frame.source, frame.index, index, scaled_cell(cell, frame.scale), latency, rbc_px)
     timings["write"] = (time.perf_counter() - start) * 1000
     stats.add_frame(result.cells, timings, rbc_px)
     if echo:
