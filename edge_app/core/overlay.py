@@ -36,7 +36,7 @@ def draw_results(bgr: np.ndarray, cells: list[CellResult], labels: list[str], fp
     the best guess), and the FPS in the corner. The text grows with the frame: draw on the frame at the size it
     will be shown."""
     out = bgr.copy()
-    scale = max(0.45, min(out.shape[:2]) / 500)
+    scale = max(0.45, min(out.shape[:2]) / 600)
     thick = max(1, round(2 * scale))
     pad = max(2, round(3 * scale))
     for cell in cells:
