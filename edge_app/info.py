@@ -27,14 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the model's whole metadata as JSON instead")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _crop_line(crop: dict[str, Any]) -> str:
     parts = [f"the stained nucleus located by colour (stain threshold {crop.get('stain_threshold', '?')}), "
              f"a square of {crop.get('crop_scale', 1.0)} x its extent, at least {crop.get('min_crop_frac', '?')} "
@@ -53,7 +45,7 @@ def describe(path: Path, meta: dict[str, Any]) -> list[str]:
     size = path.stat().st_size
     io = meta.get("io", {})
     lines = [f"Model: {path}",
-             f"Size: {size / 1e6:.2f} MB ({size} bytes), sha256 {_sha256(path)}",
+             f"Size: {size / 1e6:.2f} MB ({size} bytes), sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}",
              f"Name: {meta.get('model_name', path.stem)}" + (f", variant {meta['variant']}" if meta.get("variant") else ""),
              f"Classes ({len(meta['labels'])}): {', '.join(meta['labels'])}"]
     size_px = meta.get("input_size", meta.get("crop", {}).get("input_size", "?"))
