@@ -18,6 +18,7 @@ from edge_app.core.wording import threshold_text
 # Training settings worth a line, in this order (the rest is in the metadata: hemato info --json).
 TRAINING_KEYS = ("folds", "head_epochs", "finetune_epochs", "batch_size", "head_lr", "dropout", "augmented_copies",
                  "views", "feature_layers", "colour_statistics", "val_fraction", "seed", "weights")
+SCALE_KEYS = ("rbc_diameter_px", "reference_short_side")
 DATE_KEYS = ("created", "created_at", "date", "trained", "trained_at", "converted", "converted_at", "shipped")
 
 
@@ -33,8 +34,8 @@ def _crop_line(crop: dict[str, Any]) -> str:
              "of the frame's short side"]
     if "analysis_max_side" in crop:
         parts.append(f"located on the frame reduced to at most {crop['analysis_max_side']} px")
-    extra = {k: v for k, v in crop.items()
-             if k not in ("stain_threshold", "crop_scale", "min_crop_frac", "analysis_max_side", "input_size")}
+    extra = {k: v for k, v in crop.items() if k not in ("stain_threshold", "crop_scale", "min_crop_frac",
+                                                         "analysis_max_side", "input_size") + SCALE_KEYS}
     if extra:
         parts.append(", ".join(f"{k} {v}" for k, v in extra.items()))
     return "; ".join(parts)
@@ -56,6 +57,14 @@ def describe(path: Path, meta: dict[str, Any]) -> list[str]:
                  + (f"; {views} rotations averaged in the graph" if views else ""))
     if meta.get("crop"):
         lines.append(f"Crop: {_crop_line(meta['crop'])}")
+    crop = meta.get("crop", {})
+    if crop.get("rbc_diameter_px"):
+        lines.append(f"Scale: frames are resampled so that red cells are {crop['rbc_diameter_px']} px across, as in "
+                     "training (measured per frame, or given with --rbc-diameter)"
+                     + (f"; reference short side {crop['reference_short_side']} px"
+                        if crop.get("reference_short_side") else ""))
+    else:
+        lines.append("Scale: none stored: crops are relative to the nucleus")
     threshold = float(meta.get("min_confidence") or 0.0)
     lines.append(f"Threshold: {threshold_text(threshold)}: a cell whose calibrated confidence is below it is "
                  "answered UNCERTAIN" if threshold else "Threshold: none: every cell is answered")

@@ -193,6 +193,7 @@ def test_info_describes_the_shipped_model(capsys):
     text = capsys.readouterr().out
     assert "Classes (4): EOSINOPHIL, LYMPHOCYTE, MONOCYTE, NEUTROPHIL" in text
     assert "Input: one RGB crop of 224 x 224 px" in text and "Crop: " in text
+    assert "Scale: frames are resampled so that red cells are 41.54 px across" in text
     assert "Threshold: 98.57 %" in text and "temperature 0.9141" in text and "Colour guard: yes" in text
     assert "sha256 " in text and "Training: folds 5" in text and "Training data: " in text
     assert hemato(["info", "/nowhere/m.tflite"]) == 2
