@@ -31,9 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `hemato bench`."""
     cores = os.cpu_count() or 1
     parser.add_argument("models", nargs="*", type=Path,
-                        help="the .tflite models (default: every *.tflite in models/, here or in the repository)")
-    parser.add_argument("--data", type=Path, help="labelled folder DATA/<CLASS>/*.jpg: real crops for timing, "
-                                                  "top-1 accuracy, and the default --pipeline-data")
+                        help="the .tflite models (default: every *.tflite in models/ here, else the installed ones)")
+    parser.add_argument("--data", type=Path, help="labelled images, DATA/<CLASS>/*.jpg or DATA/<class>_*.jpg: real "
+                                                  "crops for timing, top-1 accuracy, and the default "
+                                                  "--pipeline-data (default: samples/, here or in the repository)")
+    parser.add_argument("--no-data", action="store_true", help="no labelled images: synthetic crops for timing, "
+                                                                "no accuracy, no pipeline table")
     parser.add_argument("--threads", type=positive_int, nargs="+", default=sorted({1, cores}),
                         help=f"interpreter thread counts to measure (default: 1 and all cores, here {cores})")
     parser.add_argument("--runs", type=positive_int, default=REFERENCE_RUNS,
@@ -62,15 +65,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def default_models(folders: list[Path] | None = None) -> list[Path]:
-    """Every *.tflite in ./models, else in the repository's models/; ValueError when there are none."""
-    tried = list(dict.fromkeys(folders or [Path.cwd() / "models",
-                                           Path(benchmarks.__file__).resolve().parents[1] / "models"]))
+    """Every *.tflite in ./models, else the installed models (hemato_models); ValueError when there are none."""
+    from edge_app.core.model_path import installed_models_folder
+    tried = list(dict.fromkeys(folders or [Path.cwd() / "models", installed_models_folder()]))
     for folder in tried:
         found = sorted(folder.glob("*.tflite")) if folder.is_dir() else []
         if found:
             return found
     raise ValueError(f"no .tflite models in {' or '.join(str(f) for f in tried)}: "
                      "pass model paths, or convert some with `hemato convert`")
+
+
+def default_data(folders: list[Path] | None = None) -> Path | None:
+    """The shipped samples/ (labelled by file name), here or in the repository; None when neither has images."""
+    from edge_app.core.dataset import images_in
+    for folder in folders or [Path.cwd() / "samples", Path(benchmarks.__file__).resolve().parents[1] / "samples"]:
+        if folder.is_dir() and images_in(folder):
+            return folder
+    return None
 
 
 def variant_of(path: Path, metadata: dict[str, Any]) -> str:
@@ -144,6 +156,11 @@ def _check(args: argparse.Namespace, notes: list[str]) -> list[dict[str, Any]]:
                        "labels": meta["labels"], "input_size": meta.get("input_size")})
     rank = {v: k for k, v in enumerate(VARIANT_ORDER)}
     models.sort(key=lambda m: (m["base"], rank.get(m["variant"], len(rank)), m["name"]))
+    if args.data is None and not args.no_data:
+        args.data = default_data()
+        if args.data is not None:
+            _note(notes, f"no --data: accuracy and the pipeline table use the {len(labelled_images(args.data))} "
+                         f"sample images in {args.data} (too few to compare models; give --data for that)")
     if args.data:
         labelled_images(args.data)
     folder = args.pipeline_data or args.data

@@ -70,14 +70,14 @@ def load_models(paths: list[Path], threads: int | None) -> list[Classifier]:
 
 
 def load_data(folder: Path, labels: list[str]) -> list[tuple[Path, str]]:
-    """Labelled images of DATA/<CLASS>/, every class being one the models know."""
+    """Labelled images of DATA/<CLASS>/ or DATA/<class>_*.jpg, every class being one the models know."""
     try:
         pairs = labelled_images(folder)
     except ValueError as exc:
         raise VerifyError(str(exc)) from exc
     unknown = sorted({label for _, label in pairs} - set(labels))
     if unknown:
-        raise VerifyError(f"class folders {unknown} in {folder} are not among the model's labels {labels}")
+        raise VerifyError(f"classes {unknown} in {folder} are not among the model's labels {labels}")
     return pairs
 
 
@@ -330,7 +330,8 @@ def verify(paths: list[Path], data: Path, max_drop_pp: float = 0.5, min_agreemen
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", type=Path, nargs="+", metavar="MODEL",
                         help="reference .tflite (e.g. float32) then one or more models to compare with it (e.g. int8)")
-    parser.add_argument("--data", type=Path, required=True, help="folder of class folders of labelled images")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="labelled images: DATA/<CLASS>/*.jpg, or DATA/<class>_*.jpg as in samples/")
     parser.add_argument("--json", type=Path, help="write the full report (all disagreements) as JSON")
     parser.add_argument("--markdown", type=Path, help="also write the Markdown report to this file")
     parser.add_argument("--max-drop", type=float, default=0.5,

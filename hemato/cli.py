@@ -1,19 +1,31 @@
-"""The `hemato` console script: one subcommand per job, each imported only when used."""
+"""HematoVision Edge classifies stained white blood cells (eosinophil, lymphocyte, monocyte, neutrophil) in
+microscope images, on a Raspberry Pi or any computer: each cell gets a class and a confidence, or UNCERTAIN
+when the model is not sure, and a folder gets its differential count. Not a diagnostic device: a qualified
+person must confirm every result."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
 
-# subcommand -> (module with add_arguments/main, extra that provides its dependencies, help)
+# subcommand -> (module with add_arguments/main, extra that provides its dependencies, help); in the order a
+# user meets them. Each module is imported only when its subcommand is used.
 SUBCOMMANDS = {
-    "run": ("edge_app.run.cli", "edge", "classify cells in images, a folder, a video or a camera"),
-    "train": ("training.cli", "train", "train a MobileNetV2 classifier on labelled cell images"),
-    "convert": ("convert.cli", "train", "convert a trained model to TFLite (float32/float16/dynamic/int8)"),
-    "verify": ("evaluation.verify", "edge", "compare two TFLite models on labelled images (parity gate)"),
-    "bench": ("benchmarks.bench", "edge", "benchmark latency, size, memory and accuracy of models"),
-    "serve": ("edge_app.web.app", "web", "serve the web viewer"),
+    "run": ("edge_app.run.cli", "edge", "classify the cells in images, a folder, a video or a camera"),
+    "serve": ("edge_app.web.app", "web", "a web page for the bench: upload images, see each cell"),
+    "info": ("edge_app.info", "edge", "what a model is: classes, input, threshold, provenance"),
+    "verify": ("evaluation.verify", "edge", "compare two models on labelled images (parity gate)"),
+    "bench": ("benchmarks.bench", "edge", "speed, size, memory and accuracy of models, here"),
+    "train": ("training.cli", "train", "train a classifier on labelled cell images"),
+    "convert": ("convert.cli", "train", "convert a trained model to TFLite (float32 ... int8)"),
 }
+EXAMPLES = """examples:
+  hemato run ~/smears     every image of a folder: a line each, results.csv, the differential
+  hemato run one.jpg      one image's answer
+  hemato serve            the web page, on http://127.0.0.1:8000/
+  hemato info             what the default model is
+
+`hemato COMMAND --help` lists a command's options."""
 
 
 # an ImportError from these is a bug, not a missing extra
@@ -29,10 +41,11 @@ def _missing_extra(command: str, extra: str, exc: ImportError) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Parse the subcommand, import its module lazily and run it."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="hemato", description=__doc__)
+    parser = argparse.ArgumentParser(prog="hemato", description=__doc__, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     from hemato import __version__
     parser.add_argument("--version", action="version", version=f"hemato {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (_, _, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     if not argv or argv[0] not in SUBCOMMANDS:

@@ -87,7 +87,7 @@ def test_bench_writes_markdown_json_and_plot(tiny_tflite, tiny_int8, labelled, t
 
 
 def test_without_float32_or_data_says_so(tiny_int8, tmp_path, capfd):
-    status = hemato(["bench", str(tiny_int8), "--threads", "1", "--runs", "3", "--warmup", "1",
+    status = hemato(["bench", str(tiny_int8), "--threads", "1", "--runs", "3", "--warmup", "1", "--no-data",
                      "--json", str(tmp_path / "b.json")])
     captured = capfd.readouterr()
     assert status == 0, captured.err

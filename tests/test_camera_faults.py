@@ -97,7 +97,8 @@ def test_a_camera_that_dies_ends_the_run_with_status_1_and_keeps_the_rows(tmp_pa
     assert [int(r["frame"]) for r in rows] == list(range(10)) and all(r["label"] for r in rows)
     captured = capsys.readouterr()
     assert "Images read: 10" in captured.out
-    assert "Note: camera 0: " in captured.out and "reopened 1 times" in captured.out
+    assert "hemato run: camera 0: " in captured.err and "reopened 1 times" in captured.err  # a note: stderr, once
+    assert "camera 0: " not in captured.out
     err = captured.err.strip().splitlines()
     assert err[-1] == (f"hemato run: error: camera 0 stopped delivering frames (reads retried 1 times, then "
                        f"reopened 2 times with backoff); the results so far are in {out}")

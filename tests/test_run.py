@@ -115,7 +115,8 @@ def test_min_confidence_makes_uncertain_and_it_is_counted_apart(tmp_path, smear_
     assert all(r["reason"] == "low confidence" and r["runner_up"] in set(LABELS) - {r["predicted"]} for r in rows)
     summary = capsys.readouterr().out
     assert "Differential count (0 cells; 3 UNCERTAIN not counted):" in summary
-    guesses = [int(line.rsplit(": ", 1)[1].rstrip(")")) for line in summary.splitlines() if "best guess" in line]
+    guesses = [int(line.rsplit(": ", 1)[1].rstrip(")")) for line in summary.splitlines()
+               if "(UNCERTAIN, best guess" in line]
     assert len(guesses) == len(LABELS) and sum(guesses) == 3  # a reviewer sees what the pending cells look like
     for label in {r["predicted"] for r in rows}:
         n = sum(r["predicted"] == label for r in rows)
@@ -132,14 +133,14 @@ def test_model_problems_fail_fast_with_one_line(tmp_path, smear_folder, capsys, 
         assert err.startswith("hemato run: error:") and len(err.splitlines()) == 1
     assert not out.exists()  # nothing was read or written
 
-    # No --model: $HEMATO_MODEL, then models/ in the current folder, then in the repository.
+    # No --model: $HEMATO_MODEL, then models/ in the current folder, then the installed models.
     monkeypatch.delenv("HEMATO_MODEL", raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(edge_app.core.model_path, "__file__", str(tmp_path / "site" / "edge_app" / "model_path.py"))
+    monkeypatch.setattr(edge_app.core.model_path, "installed_models_folder", lambda: tmp_path / "site" / "hemato_models")
     assert hemato(["run", str(smear_folder), "--csv", str(out)]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "models" / DEFAULT_MODEL_NAME) in err
-    assert str(tmp_path / "site" / "models" / DEFAULT_MODEL_NAME) in err and "--model" in err
+    assert str(tmp_path / "site" / "hemato_models" / DEFAULT_MODEL_NAME) in err and "--model" in err
 
 
 def test_default_model_lookup(tmp_path, smear_folder, tiny_tflite, monkeypatch):

@@ -238,3 +238,55 @@ def test_default_model_path(tmp_path, monkeypatch):
     assert default_model_path() == tmp_path / "models" / DEFAULT_MODEL_NAME
     monkeypatch.setenv("HEMATO_MODEL", "/elsewhere/m.tflite")
     assert str(default_model_path()) == "/elsewhere/m.tflite"
+
+
+def test_page_for_the_bench_states_threshold_meaning_and_notice(classifier):
+    app = web.create_app(classifier, min_confidence=0.9857)
+    page = app.test_client().get("/").get_data(as_text=True)
+    assert "Not a diagnostic device: a qualified person must confirm every result." in page
+    assert 'id="threshold">98.57 %<' in page and "UNCERTAIN means the model&#39;s confidence was below" in page
+    assert "% of answered" in page and "% of all cells" in page  # both percentages, each labelled
+    app.extensions["hemato"].close()
+
+
+def test_differential_with_and_without_uncertain(classifier):
+    rows = [{"label": label, "error": ""} for label in ["EOSINOPHIL", "EOSINOPHIL", "MONOCYTE", "UNCERTAIN"]]
+    diff = web.differential(rows, LABELS)
+    by = {c["label"]: c for c in diff["classes"]}
+    assert by["EOSINOPHIL"]["percent"] == 66.7 and by["EOSINOPHIL"]["percent_of_all"] == 50.0
+    assert diff["uncertain_percent"] == 25.0 and diff["total"] == 4 and diff["certain"] == 3
+
+
+def test_annotated_image_is_drawn_at_display_size(client):
+    body = post_image(client, png(make_smear(320, 240)), query="?annotated=1").get_json()
+    data = __import__("base64").b64decode(body["annotated"].split(",", 1)[1])
+    shown = cv2.imdecode(__import__("numpy").frombuffer(data, "uint8"), cv2.IMREAD_COLOR)
+    assert shown.shape[1] == web.ANNOTATED_WIDTH and shown.shape[0] == 720  # upscaled before drawing
+
+
+def serve_args(*extra):
+    parser = argparse.ArgumentParser()
+    web.add_arguments(parser)
+    return parser.parse_args(list(extra))
+
+
+def test_served_by_waitress_unless_debug(tiny_tflite, monkeypatch):
+    calls = []
+    fake = type(sys)("waitress")
+    fake.serve = lambda app, **kw: calls.append(("waitress", kw))
+    monkeypatch.setitem(sys.modules, "waitress", fake)
+    monkeypatch.setattr(flask.Flask, "run", lambda self, **kw: calls.append(("flask", kw)))
+    monkeypatch.setattr(web.signal, "signal", lambda *a: None)
+    assert web.main(serve_args("--model", str(tiny_tflite), "--port", "8123")) == 0
+    assert calls == [("waitress", {"host": "127.0.0.1", "port": 8123, "threads": web.SERVER_THREADS,
+                                   "ident": "hemato"})]
+    calls.clear()
+    assert web.main(serve_args("--model", str(tiny_tflite), "--debug")) == 0
+    assert calls[0][0] == "flask" and calls[0][1]["debug"] is True
+
+
+def test_serve_without_waitress_names_the_extra(tiny_tflite, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "waitress", None)  # import waitress raises ImportError
+    from hemato.cli import main as hemato
+    assert hemato(["serve", "--model", str(tiny_tflite)]) == 2
+    assert 'pip install ".[web]"' in capsys.readouterr().err

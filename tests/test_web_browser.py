@@ -1,7 +1,9 @@
-"""End to end in headless Chromium: upload a smear on the page, see the class and the probability bars.
+"""End to end in headless Chromium: upload smears on the page, see the class and the probability bars.
 
 Chromium is driven over its DevTools pipe (--remote-debugging-pipe) with the standard library only:
-no chromedriver, no extra Python package, no debugging port. A screenshot goes to test-artifacts/.
+no chromedriver, no extra Python package, no debugging port. Screenshots go to test-artifacts/ (git-ignored):
+web_upload_page.png (the page before an upload) and web_result_page.png (shipped model, real samples), the two
+shown in docs/web.md.
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ pytest.importorskip("flask")
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 SCREENSHOT = ARTIFACTS / "web_upload_result.png"
+UPLOAD_PAGE = ARTIFACTS / "web_upload_page.png"
+RESULT_PAGE = ARTIFACTS / "web_result_page.png"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--no-default-browser-check", "--disable-dev-shm-usage", "--mute-audio", "--hide-scrollbars",
@@ -113,7 +118,7 @@ class DevToolsPipe:
 
 @contextmanager
 def serving(model_path: Path, threads: int = 1):
-    """The web app for a model on a free local port, in a thread, as `hemato serve` runs it (threaded)."""
+    """The web app for a model on a free local port, in a thread (werkzeug, threaded: `hemato serve --debug`)."""
     from werkzeug.serving import make_server
 
     from edge_app.core.model import Classifier
@@ -174,11 +179,20 @@ PAGE_STATE = """JSON.stringify({
   imageWidth: (document.querySelector('.result img.annotated') || {}).naturalWidth || 0,
   total: document.getElementById('diff-total').textContent,
   errors: [...document.querySelectorAll('.error-card')].map(e => e.textContent),
+  cards: [...document.querySelectorAll('#results > article .source')].map(e => e.textContent),
+  status: document.getElementById('status').textContent,
+  notice: (document.getElementById('not-diagnostic') || {}).textContent || '',
+  threshold: (document.getElementById('threshold') || {}).textContent || '',
+  explained: (document.getElementById('uncertain-explained') || {}).textContent || '',
+  reasons: [...document.querySelectorAll('.result .answer .reason')].map(e => e.textContent),
+  imageShownWidth: (document.querySelector('.result img.annotated') || {}).clientWidth || 0,
+  cardWidth: (document.querySelector('.result') || {}).clientWidth || 0,
+  diffHead: [...document.querySelectorAll('#differential thead th')].map(e => e.textContent),
 })"""
 
 
-def upload_and_screenshot(browser: DevToolsPipe, url: str, image: Path, screenshot: Path, height: int = 1100) -> dict:
-    """Open the upload page, give it one image, wait for the answer and save a screenshot; the page state."""
+def open_page(browser: DevToolsPipe, url: str, height: int = 1100) -> str:
+    """A new tab on the upload page, loaded; its DevTools session."""
     target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     for domain in ("Page", "Runtime", "Log"):
@@ -186,19 +200,35 @@ def upload_and_screenshot(browser: DevToolsPipe, url: str, image: Path, screensh
     browser.send("Emulation.setDeviceMetricsOverride",
                  {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False}, session)
     browser.send("Page.navigate", {"url": url + "/"}, session)
-    wait_for(browser, session, "document.readyState === 'complete' && !!document.getElementById('file')")
+    wait_for(browser, session, "document.readyState === 'complete' && !!document.getElementById('file') "
+                               "&& document.getElementById('diff-body').children.length > 0")
+    return session
 
-    root = browser.send("DOM.getDocument", session=session)["root"]["nodeId"]
-    file_input = browser.send("DOM.querySelector", {"nodeId": root, "selector": "#file"}, session)["nodeId"]
-    browser.send("DOM.setFileInputFiles", {"files": [str(image)], "nodeId": file_input}, session)
 
-    done = "(o.barLabels.length && o.total !== '0' && o.imageWidth) || o.errors.length"
-    state = json.loads(wait_for(browser, session,
-                                f"(() => {{ const s = {PAGE_STATE}; const o = JSON.parse(s); return {done} ? s : null; }})()"))
+def screenshot(browser: DevToolsPipe, session: str, path: Path) -> None:
     time.sleep(0.3)  # let the last paint land before the screenshot
     shot = browser.send("Page.captureScreenshot", {"format": "png"}, session)
     ARTIFACTS.mkdir(exist_ok=True)
-    screenshot.write_bytes(b64decode(shot["data"]))
+    path.write_bytes(b64decode(shot["data"]))
+
+
+def upload(browser: DevToolsPipe, session: str, images: list[Path]) -> dict:
+    """Give the page's file input these images; wait until each has its card and the batch is done."""
+    root = browser.send("DOM.getDocument", session=session)["root"]["nodeId"]
+    file_input = browser.send("DOM.querySelector", {"nodeId": root, "selector": "#file"}, session)["nodeId"]
+    browser.send("DOM.setFileInputFiles", {"files": [str(i) for i in images], "nodeId": file_input}, session)
+    done = (f"document.querySelectorAll('#results > article').length === {len(images)} && "
+            "document.getElementById('status').textContent.length > 0 && "
+            "!document.getElementById('status').textContent.startsWith('Classifying')")
+    wait_for(browser, session, done)
+    return json.loads(evaluate(browser, session, PAGE_STATE))
+
+
+def upload_and_screenshot(browser: DevToolsPipe, url: str, image: Path, path: Path, height: int = 1100) -> dict:
+    """Open the upload page, give it one image, wait for the answer and save a screenshot; the page state."""
+    session = open_page(browser, url, height)
+    state = upload(browser, session, [image])
+    screenshot(browser, session, path)
     return state
 
 
@@ -213,7 +243,7 @@ def test_upload_shows_class_and_probability_bars(browser, server, tmp_path):
     assert all(c.endswith("%") for c in state["confidences"])
     assert state["barLabels"] == LABELS * 2  # one bar per class, per cell
     assert all(0 <= w <= 100 for w in state["barWidths"]) and sum(state["barWidths"]) == pytest.approx(200, abs=1)
-    assert state["imageWidth"] == 640 and state["total"] == "2"
+    assert state["imageWidth"] == 960 and state["total"] == "2"  # drawn at display size, labels legible
     problems = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"
                 or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
     assert not problems, problems  # no script errors, no CSP violations, no failed loads
@@ -240,3 +270,34 @@ def test_real_test_image_on_shipped_model(browser, shipped_server):
     assert not state["errors"], state["errors"]
     assert len(state["answers"]) == 1 and len(state["barLabels"]) == 4
     (ARTIFACTS / "web_real_test_image.json").write_text(json.dumps(state, indent=1))
+
+
+def test_bench_page_with_the_shipped_model_and_samples(browser, shipped_server, tmp_path):
+    """The shipped model on three uploads, in this order: an answered cell, an UNCERTAIN one, a broken file.
+    Saves the screenshots of the upload page and of the result page."""
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a JPEG")
+    images = [SAMPLES / "neutrophil_0_1966.jpeg", SAMPLES / "eosinophil_11_9310.jpeg", broken]
+    session = open_page(browser, shipped_server, 2250)
+    screenshot(browser, session, UPLOAD_PAGE)
+    state = upload(browser, session, images)
+    screenshot(browser, session, RESULT_PAGE)
+
+    assert state["cards"] == [p.name for p in images]  # upload order
+    assert state["answers"] == ["NEUTROPHIL", "⚠ UNCERTAIN"]
+    assert state["reasons"] == ["(below the 98.57 % threshold: a person classifies this cell)"]
+    assert len(state["errors"]) == 1 and "failed" in state["errors"][0]
+    assert state["status"] == "Done: 2 images classified; 1 failed (see below)."
+    assert state["notice"] == "Not a diagnostic device: a qualified person must confirm every result."
+    assert state["threshold"] == "98.57 %" and "UNCERTAIN means" in state["explained"]
+    assert state["diffHead"] == ["Class", "Count", "% of answered", "% of all cells"]
+    assert state["imageShownWidth"] >= state["cardWidth"] - 40  # scaled to the card
+    assert UPLOAD_PAGE.stat().st_size > 10_000 and RESULT_PAGE.stat().st_size > 10_000
+
+
+def test_a_failed_only_upload_says_failed(browser, server, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    state = upload(browser, open_page(browser, server), [broken])
+    assert state["status"] == "Failed: 1 image could not be classified (see below)."
+    assert len(state["errors"]) == 1 and state["total"] == "0"

@@ -1,4 +1,8 @@
-"""List labelled images from class folders, without pandas, for verification and benchmarks."""
+"""List labelled images, without pandas, for verification and benchmarks.
+
+Two layouts: class folders (ROOT/<CLASS>/*.jpg) or, as in samples/, the class as the file name's prefix
+(ROOT/<class>_<anything>.jpg, eosinophil_0_5239.jpeg); labels are upper-cased in the second.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,12 +17,26 @@ def images_in(folder: Path, recursive: bool = False) -> list[Path]:
     return sorted(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def label_from_name(path: Path) -> str | None:
+    """The class a file name starts with (eosinophil_0_5239.jpeg -> EOSINOPHIL), or None without a prefix."""
+    prefix, sep, _ = path.stem.partition("_")
+    return prefix.upper() if sep and prefix else None
+
+
 def labelled_images(root: Path) -> list[tuple[Path, str]]:
-    """(path, label) for ROOT/<LABEL>/*image*; raises ValueError when there are none."""
+    """(path, label) for ROOT/<LABEL>/*image*, else for ROOT/<label>_*image* (the samples/ layout);
+    raises ValueError when there are none, or when a loose image has no class prefix."""
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"{root} is not a folder of class folders")
+        raise ValueError(f"{root} is not a folder")
     pairs = [(p, d.name) for d in sorted(root.iterdir()) if d.is_dir() for p in images_in(d)]
-    if not pairs:
-        raise ValueError(f"no labelled images under {root}: expected {root}/<CLASS>/*.jpg")
-    return pairs
+    if pairs:
+        return pairs
+    loose = images_in(root)
+    unnamed = [p.name for p in loose if label_from_name(p) is None]
+    if unnamed:
+        raise ValueError(f"cannot tell the class of {', '.join(unnamed[:3])}{' ...' if len(unnamed) > 3 else ''} "
+                         f"in {root}: name files <class>_<anything>.jpg or put them in {root}/<CLASS>/")
+    if not loose:
+        raise ValueError(f"no labelled images under {root}: expected {root}/<CLASS>/*.jpg or {root}/<class>_*.jpg")
+    return [(p, label_from_name(p)) for p in loose]

@@ -1,6 +1,7 @@
 """The unit every source yields (Frame), and still images read into one."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,8 @@ import cv2
 import numpy as np
 
 from edge_app.core.image_decode import ImageError, load_image
+from edge_app.core.pipeline import CellResult
+from edge_app.core.vision import Box
 
 VANISHED = "file vanished before it was read"
 
@@ -58,3 +61,14 @@ def image_frame(path: Path) -> Frame:
     except Exception as exc:  # a reader bug must cost one image, not an unattended run
         image, error, scale = None, f"cannot read image: {type(exc).__name__}: {exc}".splitlines()[0], 1.0
     return Frame(str(path), 0, image, error, (time.perf_counter() - start) * 1000, scale)
+
+
+def scaled_cell(cell: CellResult, scale: float) -> CellResult:
+    """The cell with its box multiplied by scale: into a source image's pixels (a reduced huge image's frame), or
+    into a resized picture's."""
+    if scale == 1.0:
+        return cell
+    b = cell.box
+    box = Box(round(b.x0 * scale), round(b.y0 * scale), round(b.x1 * scale), round(b.y1 * scale),
+              round(b.stained_area * scale * scale))
+    return dataclasses.replace(cell, box=box)

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -44,6 +47,38 @@ def runtime_version(runtime: str) -> str:
     return "unknown"
 
 
+# What the TFLite runtime's C++ logging writes at INFO level ("INFO: Created TensorFlow Lite XNNPACK delegate for
+# CPU." on every load); no environment variable of ai-edge-litert turns it off.
+RUNTIME_INFO_PREFIX = b"INFO: "
+
+
+@contextmanager
+def runtime_info_filtered() -> Iterator[None]:
+    """Keep the runtime's INFO lines off stderr while a model loads; everything else written to stderr meanwhile
+    (runtime errors, other threads' messages) is passed on once the block ends.
+
+    The runtime writes to file descriptor 2 from C++, below sys.stderr, so fd 2 is pointed at a temporary file
+    for the duration and put back.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable fd 2: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = b"".join(line for line in captured if not line.startswith(RUNTIME_INFO_PREFIX))
+            if kept:
+                os.write(2, kept)
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax of logits / temperature, numerically stable."""
     z = np.asarray(logits, np.float64) / temperature
@@ -74,8 +109,9 @@ class Classifier:
         self.threads = threads or os.cpu_count() or 1
         interpreter, self.runtime = interpreter_class()
         try:
-            self._interp = interpreter(model_path=str(self.path), num_threads=self.threads)
-            self._interp.allocate_tensors()
+            with runtime_info_filtered():  # the XNNPACK delegate is created, and announced, in allocate_tensors
+                self._interp = interpreter(model_path=str(self.path), num_threads=self.threads)
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{self.path}: the TFLite runtime cannot load it: {exc}") from exc
         inputs, outputs = self._interp.get_input_details(), self._interp.get_output_details()

@@ -7,7 +7,6 @@ An existing CSV is resumed (see edge_app.run.resume) unless --overwrite is given
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import signal
 import sys
 import threading
@@ -19,7 +18,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from edge_app.core.frames import Frame, as_bgr
+from edge_app.core.frames import Frame, as_bgr, scaled_cell
 from edge_app.core.metadata import ModelFileError
 from edge_app.core.model import Classifier, runtime_version
 from edge_app.core.model_path import MODEL_HELP, find_model
@@ -27,11 +26,12 @@ from edge_app.core.overlay import FpsMeter, draw_results
 from edge_app.core.pipeline import CellResult, FrameResult, classify_frame
 from edge_app.core.records import csv_columns
 from edge_app.core.sources import SourceError, SourceLost
-from edge_app.core.vision import Box
+from edge_app.core.wording import image_answer, threshold_text
 from edge_app.run.display import Display, display_available
-from edge_app.run.results import CsvWriter, RunStats
+from edge_app.run.results import CsvWriter, RunStats, csv_counts
 from edge_app.run.resume import CsvMismatch, resume_csv
 from edge_app.run.sources import Source, open_source
+from edge_app.run.watch import WatchFolder
 from hemato.argtypes import fraction, non_negative_int, positive_int, rbc_diameter, seconds
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE = 0, 1, 2
@@ -74,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settle", type=seconds, default=2.0, metavar="S",
                         help="with --watch: a file is complete once its size and time are unchanged for S seconds "
                              "(default: 2)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no line per image (by default each image's answer is printed as it is classified)")
     parser.add_argument("--json-summary", metavar="PATH", help="also write the summary as JSON")
     parser.add_argument("--fsync", action="store_true", help="fsync the CSV after every row (slower, safest)")
 
@@ -121,21 +123,13 @@ def warm_up(classifier: Classifier) -> None:
     classify_frame(classifier, frame)
 
 
-def _in_source_pixels(cell: CellResult, scale: float) -> CellResult:
-    """The cell with its box in the source image's pixels (the frame may be a reduced huge image)."""
-    if scale == 1.0:
-        return cell
-    b = cell.box
-    box = Box(round(b.x0 * scale), round(b.y0 * scale), round(b.x1 * scale), round(b.y1 * scale),
-              round(b.stained_area * scale * scale))
-    return dataclasses.replace(cell, box=box)
-
-
 def process_frame(frame: Frame, classifier: Classifier, writer: CsvWriter, stats: RunStats,
-                  min_confidence: float | None = None, rbc_diameter: float | None = None) -> FrameResult | None:
+                  min_confidence: float | None = None, rbc_diameter: float | None = None,
+                  echo: bool = False) -> FrameResult | None:
     """Classify one frame, write its rows and count it; the FrameResult, or None for an unusable frame.
 
     rbc_diameter: the camera's red-cell diameter in source pixels, when the user gave it.
+    echo: print the frame's answer as one line on stdout (the source, then its cells or the error).
     """
     error = frame.error
     result = None
@@ -148,31 +142,45 @@ def process_frame(frame: Frame, classifier: Classifier, writer: CsvWriter, stats
     if result is None:
         writer.write_error(frame.source, frame.index, error or "no image")
         stats.add_failure(frame.source, error or "no image")
+        if echo:
+            print(f"{frame.source}: error: {error or 'no image'}", flush=True)
         return None
     timings = {"decode": frame.decode_ms, **result.timings_ms}
     latency = sum(timings.values())
     rbc_px = None if result.rbc_px is None else result.rbc_px * frame.scale
     start = time.perf_counter()
     for index, cell in enumerate(result.cells):
-        writer.write_cell(frame.source, frame.index, index, _in_source_pixels(cell, frame.scale), latency, rbc_px)
+        writer.write_cell(frame.source, frame.index, index, scaled_cell(cell, frame.scale), latency, rbc_px)
     timings["write"] = (time.perf_counter() - start) * 1000
     stats.add_frame(result.cells, timings, rbc_px)
+    if echo:
+        print(f"{frame.source}: {image_answer(result.cells, classifier.labels, stats.threshold)}", flush=True)
     return result
+
+
+def answers_per_image(source: Source) -> bool:
+    """Whether the source's frames are still images, each worth a line (a video's or camera's frames are not)."""
+    return isinstance(source, WatchFolder) or not source.stream
 
 
 def run(classifier: Classifier, source: Source, writer: CsvWriter, min_confidence: float | None = None,
         display: Display | None = None, stop: threading.Event | None = None,
-        rbc_diameter: float | None = None) -> tuple[RunStats, int]:
-    """Classify every frame of the source into the writer until it ends or a stop is asked; (stats, status)."""
+        rbc_diameter: float | None = None, echo: bool = False) -> tuple[RunStats, int]:
+    """Classify every frame of the source into the writer until it ends or a stop is asked; (stats, status).
+
+    echo: print a line per image (still images only, see answers_per_image)."""
     stats = RunStats(classifier.labels, model_rbc_px=classifier.crop_settings.rbc_diameter_px,
-                     rbc_given=rbc_diameter is not None)
+                     rbc_given=rbc_diameter is not None,
+                     threshold=classifier.min_confidence if min_confidence is None else min_confidence,
+                     colour_guard=classifier.colour_guard is not None)
+    echo = echo and answers_per_image(source)
     stop = stop or threading.Event()
     fps = FpsMeter()
     status = EXIT_OK
     start = last_progress = time.perf_counter()
     try:
         for frame in source:
-            result = process_frame(frame, classifier, writer, stats, min_confidence, rbc_diameter)
+            result = process_frame(frame, classifier, writer, stats, min_confidence, rbc_diameter, echo)
             rate = fps.tick()
             if display is not None and frame.image is not None and result is not None:
                 shown = draw_results(as_bgr(frame.image), result.cells, classifier.labels,
@@ -227,8 +235,9 @@ def _model_error(exc: Exception, path: Path | None) -> str:
 
 
 def open_csv(path: str, labels: list[str], source: Source, overwrite: bool = False,
-             fsync: bool = False) -> tuple[CsvWriter, list[str]]:
-    """The CSV writer, resuming an existing CSV unless overwrite; and notes on what resuming did.
+             fsync: bool = False) -> tuple[CsvWriter, list[str], int | None]:
+    """The CSV writer, resuming an existing CSV unless overwrite; notes on what resuming did; and the rows kept
+    from earlier runs (None when the CSV was started afresh).
 
     Raises CsvMismatch (other columns) or OSError (cannot read or write it).
     """
@@ -244,8 +253,10 @@ def open_csv(path: str, labels: list[str], source: Source, overwrite: bool = Fal
         notes.append(f"resumed {path}: {resume.rows} rows kept"
                      + (f", {skipped} sources already in it skipped" if skipped else "")
                      + (f"; {resume.redo} is classified again (its {resume.redo_rows} rows may be incomplete)"
-                        if resume.redo else ""))
-    return CsvWriter(path, labels, fsync=fsync, append=resume is not None), notes
+                        if resume.redo else "")
+                     + (" (--overwrite classifies everything again)" if skipped else ""))
+    kept = resume.rows if resume is not None else None
+    return CsvWriter(path, labels, fsync=fsync, append=resume is not None), notes, kept
 
 
 def main(args: argparse.Namespace) -> int:
@@ -264,7 +275,7 @@ def main(args: argparse.Namespace) -> int:
     except SourceError as exc:
         return _error(str(exc))
     try:
-        writer, notes = open_csv(args.csv, classifier.labels, source, args.overwrite, args.fsync)
+        writer, notes, earlier_rows = open_csv(args.csv, classifier.labels, source, args.overwrite, args.fsync)
     except CsvMismatch as exc:
         source.close()
         return _error(str(exc))
@@ -276,26 +287,40 @@ def main(args: argparse.Namespace) -> int:
     display = _make_display(args, source)
     if display is not None and not source.stream:
         print("hemato run: press any key for the next image, q to stop", file=sys.stderr)
-    print(f"Model: {classifier.name} ({len(classifier.labels)} classes, {classifier.input_dtype} input, "
-          f"{classifier.runtime} {runtime_version(classifier.runtime)}, {classifier.threads} threads)")
+    threshold = classifier.min_confidence if args.min_confidence is None else args.min_confidence
+    print(f"Model: {classifier.name} ({', '.join(classifier.labels)}; "
+          + (f"UNCERTAIN below {threshold_text(threshold)}; " if threshold else "")
+          + f"{classifier.runtime} {runtime_version(classifier.runtime)}, {classifier.threads} threads)", flush=True)
     if args.watch:
         print(f"hemato run: watching {args.source} for new images (Ctrl-C or SIGTERM to stop)", file=sys.stderr)
     warm_up(classifier)
     with stopper.installed():
         stats, status = run(classifier, source, writer, args.min_confidence, display, stopper.event,
-                            args.rbc_diameter)
-    stats.notes = notes + [fault for fault in [source.faults()] if fault]
+                            args.rbc_diameter, echo=not args.quiet)
+    faults = [fault for fault in [source.faults()] if fault]
+    for fault in faults:  # the resume notes were printed above: each note once, on stderr
+        print(f"hemato run: {fault}", file=sys.stderr)
+    stats.notes = notes + faults
     if stopper.signum is not None:
         stats.stopped = stats.stopped or f"{signal.Signals(stopper.signum).name} received"
         status = 128 + stopper.signum
     ended_by_fault = status in (EXIT_SOURCE_LOST, EXIT_USAGE)
-    print(stats.format())
+    whole = None
+    if earlier_rows:  # a resumed CSV: its differential is the folder's, not just this run's
+        try:
+            whole = csv_counts(writer.path, classifier.labels)
+        except (OSError, ValueError) as exc:
+            print(f"hemato run: cannot read {writer.path} back for its differential: {exc}", file=sys.stderr)
+    print(stats.format(whole, earlier_rows or 0, str(writer.path)))
     print(f"Results: {writer.path}")
     if args.json_summary:
         try:
-            stats.write_json(args.json_summary, {"model": str(classifier.path), "runtime": classifier.runtime,
-                                                 "threads": classifier.threads, "source": args.source,
-                                                 "csv": str(writer.path), "exit_status": status})
+            extra = {"model": str(classifier.path), "runtime": classifier.runtime, "threads": classifier.threads,
+                     "source": args.source, "csv": str(writer.path), "exit_status": status,
+                     "min_confidence": stats.threshold}
+            if whole is not None:
+                extra["whole_csv"] = {"rows_from_earlier_runs": earlier_rows, **whole.to_dict(counts_only=True)}
+            stats.write_json(args.json_summary, extra)
         except OSError as exc:
             status = status or _error(f"cannot write {args.json_summary}: {exc.strerror or exc}")
     if ended_by_fault:

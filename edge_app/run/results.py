@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import textwrap
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 
 from edge_app.core.pipeline import UNCERTAIN, CellResult
 from edge_app.core.records import BASE_COLUMNS, cell_record, csv_columns, csv_values
+from edge_app.core.wording import uncertain_meaning
 
 STAGES = ("decode", "scale", "localise", "preprocess", "invoke", "write")
 LATENCY_STAGES = STAGES[:-1]  # a frame's latency: decode..invoke
@@ -102,11 +104,19 @@ class RunStats:
     stages_ms: dict[str, Series] = field(default_factory=lambda: {s: Series() for s in STAGES})
     elapsed_s: float = 0.0
     stopped: str = ""               # why the run ended early ("" when it ran to the end)
-    notes: list[str] = field(default_factory=list)  # resumed CSV, camera faults, vanished files
+    notes: list[str] = field(default_factory=list)  # resumed CSV, camera faults, vanished files (printed on stderr)
     model_rbc_px: float | None = None  # the model's red-cell scale (None: it crops relative to the nucleus)
     rbc_given: bool = False            # the diameter came from --rbc-diameter, not from each frame
     rbc_px: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))  # per scaled frame
     unscaled: int = 0                  # decoded frames with too few red cells to measure (nucleus-relative crop)
+    threshold: float = 0.0          # the confidence below which a cell was answered UNCERTAIN
+    colour_guard: bool = False      # whether unusual colours also made cells UNCERTAIN
+
+    def add_cell(self, label: str, predicted: str) -> None:
+        """Count one cell's answer (a class or UNCERTAIN) and, for UNCERTAIN, its best guess."""
+        self.cells[label] = self.cells.get(label, 0) + 1
+        if label == UNCERTAIN:
+            self.uncertain_guess[predicted] = self.uncertain_guess.get(predicted, 0) + 1
 
     def add_frame(self, cells: list[CellResult], timings_ms: dict[str, float], rbc_px: float | None = None) -> None:
         self.images += 1
@@ -117,9 +127,7 @@ class RunStats:
         if not cells:
             self.no_cell += 1
         for cell in cells:
-            self.cells[cell.label] = self.cells.get(cell.label, 0) + 1
-            if cell.label == UNCERTAIN:
-                self.uncertain_guess[cell.predicted] = self.uncertain_guess.get(cell.predicted, 0) + 1
+            self.add_cell(cell.label, cell.predicted)
         for stage, ms in timings_ms.items():
             self.stages_ms.setdefault(stage, Series()).add(ms)
         self.latency_ms.add(sum(timings_ms.get(s, 0.0) for s in LATENCY_STAGES))
@@ -165,13 +173,21 @@ class RunStats:
         fell_back = f"; {self.unscaled} frames had too few red cells (nucleus-relative crop)" if self.unscaled else ""
         return f"Red-cell diameter: {measured}, scaled to the model's {self.model_rbc_px:.1f} px{fell_back}"
 
-    def to_dict(self) -> dict[str, Any]:
+    def _differential_dict(self) -> dict[str, dict[str, float]]:
+        return {label: {"count": n, "percent": round(pct, 2)} for label, n, pct in self.differential()}
+
+    def to_dict(self, counts_only: bool = False) -> dict[str, Any]:
+        """The summary as JSON-ready data; counts_only: the cells and the differential alone."""
+        if counts_only:
+            return {"images_with_cells": self.images, "images_failed": self.failed,
+                    "cells_classified": self.classified, "uncertain": self.cells.get(UNCERTAIN, 0),
+                    "differential": self._differential_dict()}
         return {
             "images_read": self.images + self.failed, "images_decoded": self.images,
             "images_failed": self.failed, "images_without_cell": self.no_cell,
             "cells_classified": self.classified, "uncertain": self.cells.get(UNCERTAIN, 0),
             "uncertain_best_guess": {label: self.uncertain_guess.get(label, 0) for label in self.labels},
-            "differential": {label: {"count": n, "percent": round(pct, 2)} for label, n, pct in self.differential()},
+            "differential": self._differential_dict(),
             "failures": [{"source": s, "error": e} for s, e in self.failures],
             "latency_ms": {"mean": round(self.latency_ms.mean, 3), "p95": round(self.latency_ms.p95, 3)},
             "stage_mean_ms": {s: round(v.mean, 3) for s, v in self.stages_ms.items()},
@@ -179,21 +195,37 @@ class RunStats:
             "elapsed_s": round(self.elapsed_s, 3), "stopped": self.stopped, "notes": self.notes,
         }
 
-    def format(self) -> str:
-        """The human-readable summary: counts, differential, failures, latency."""
-        failed = self.failed
-        lines = [f"Images read: {self.images + failed}  ({failed} failed, {self.no_cell} with no cell found)",
-                 f"Cells classified: {self.classified}"]
+    def differential_lines(self, title: str = "Differential count") -> list[str]:
+        """The differential: one line per class with count and percent of the answered cells, then UNCERTAIN."""
         uncertain = self.cells.get(UNCERTAIN, 0)
         certain = self.classified - uncertain
-        lines.append(f"Differential count ({certain} cells" + (f"; {uncertain} UNCERTAIN not counted):"
-                                                               if uncertain else "):"))
+        lines = [f"{title} ({certain} cells" + (f"; {uncertain} UNCERTAIN not counted):" if uncertain else "):")]
         width = max(len(label) for label in self.labels + [UNCERTAIN])
         for label, n, pct in self.differential():
             guess = f"   (UNCERTAIN, best guess {label}: {self.uncertain_guess.get(label, 0)})" if uncertain else ""
             lines.append(f"  {label:<{width}} {n:6d}  {pct:5.1f}%{guess}")
         if uncertain:
             lines.append(f"  {UNCERTAIN:<{width}} {uncertain:6d}")
+        return lines
+
+    def format(self, whole: "RunStats | None" = None, earlier_rows: int = 0, csv_name: str = "") -> str:
+        """The human-readable summary: counts, differential, what UNCERTAIN means, failures, latency.
+
+        whole: the counts of the whole CSV when this run resumed one (earlier_rows of its rows were there
+        before); the differential is then the CSV's, which is what "the differential of this folder" means.
+        """
+        failed = self.failed
+        lines = [f"Images read: {self.images + failed}  ({failed} failed, {self.no_cell} with no cell found)",
+                 f"Cells classified: {self.classified}"]
+        if whole is not None:
+            lines.append(f"{csv_name or 'The CSV'} was resumed: {earlier_rows} of its rows are from earlier runs; "
+                         f"the differential below is of the whole CSV ({whole.classified} cells)")
+            lines += whole.differential_lines("Differential count of the whole CSV")
+        else:
+            lines += self.differential_lines()
+        counted = whole or self
+        if counted.cells.get(UNCERTAIN, 0) or self.threshold or self.colour_guard:
+            lines += textwrap.wrap(uncertain_meaning(self.threshold, self.colour_guard), 100)
         if failed:
             lines.append(f"Failed images ({failed}):")
             lines += [f"  {source}: {error}" for source, error in self.failures[:MAX_FAILURES_LISTED]]
@@ -207,10 +239,25 @@ class RunStats:
                          f"(stage means, ms: {stages})")
         if self.elapsed_s and self.images:
             lines.append(f"Throughput: {self.images / self.elapsed_s:.1f} images/s over {self.elapsed_s:.1f} s")
-        lines += [f"Note: {note}" for note in self.notes]
         if self.stopped:
             lines.append(f"Stopped early: {self.stopped}")
         return "\n".join(lines)
 
     def write_json(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         Path(path).write_text(json.dumps({**self.to_dict(), **(extra or {})}, indent=2) + "\n", encoding="utf-8")
+
+
+def csv_counts(path: str | Path, labels: list[str]) -> RunStats:
+    """The answers counted over a whole results CSV (every run that wrote to it): cells per answer, best guesses
+    of UNCERTAIN cells, failed images. Streams the file: a long camera run's CSV can be large."""
+    stats = RunStats(labels)
+    frames = set()
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if row.get("error"):
+                stats.add_failure(row.get("source", ""), row["error"])
+            elif row.get("label"):
+                stats.add_cell(row["label"], row.get("predicted", ""))
+                frames.add((row.get("source"), row.get("frame")))
+    stats.images = len(frames)
+    return stats

@@ -1,6 +1,8 @@
 """`hemato serve`: a small Flask viewer and JSON API around edge_app.core.pipeline.classify_frame.
 
 Uploads are decoded in memory (never written to disk) by the core decoder; the classifier is shared behind a lock.
+Served by waitress (a pure-Python production WSGI server that runs on a Raspberry Pi); Flask's development server
+only with --debug.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import numpy as np
 from flask import Flask, Request, Response, jsonify, render_template, request, session
 from werkzeug.exceptions import HTTPException
 
+from edge_app.core.frames import scaled_cell
 from edge_app.core.image_decode import Decoded, ImageError, decode_image
 from edge_app.core.metadata import ModelFileError
 from edge_app.core.model import Classifier, runtime_version
@@ -29,12 +32,15 @@ from edge_app.core.model_path import MODEL_HELP, find_model
 from edge_app.core.overlay import draw_results
 from edge_app.core.pipeline import UNCERTAIN, FrameResult, classify_frame
 from edge_app.core.records import BASE_COLUMNS, cell_record, csv_columns, csv_values
+from edge_app.core.wording import NOT_DIAGNOSTIC, threshold_text, uncertain_meaning
 from edge_app.web.live import LiveCamera, colour_hex, encode_jpeg, mjpeg_stream
 from hemato.argtypes import rbc_diameter as diameter_px
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 50_000_000  # an upload may claim a huge image in a small file: refused before decoding
 ANNOTATED_MAX_SIDE = 1280      # the page's annotated JPEG is at most this large
+ANNOTATED_WIDTH = 960          # and drawn at about the width it is shown (labels legible, not upscaled pixels)
+SERVER_THREADS = 8             # waitress worker threads (each open live stream holds one)
 MAX_SESSIONS = 64              # browser sessions remembered (least recently used dropped)
 MAX_SESSION_ROWS = 20_000      # rows remembered per session
 ROW_FIELDS = BASE_COLUMNS      # the CSV of `hemato run`: source, frame, cell, label, ... error
@@ -80,16 +86,22 @@ def _rounded(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def differential(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
-    """Counts per class; percentages of the confidently classified cells (UNCERTAIN counted apart, as in run)."""
+    """Counts per class; percent: of the answered cells (UNCERTAIN left out, as in run); percent_of_all: of every
+    located cell, UNCERTAIN included (uncertain_percent is UNCERTAIN's share)."""
     counts = dict.fromkeys(labels + [UNCERTAIN], 0)
     for row in rows:
         if not row["error"] and row["label"] in counts:
             counts[row["label"]] += 1
     certain = sum(counts[label] for label in labels)
-    classes = [{"label": label, "count": counts[label],
-                "percent": round(100 * counts[label] / certain, 1) if certain else 0.0} for label in labels]
-    return {"total": certain + counts[UNCERTAIN], "certain": certain, "uncertain": counts[UNCERTAIN],
-            "classes": classes}
+    total = certain + counts[UNCERTAIN]
+
+    def share(n: int, of: int) -> float:
+        return round(100 * n / of, 1) if of else 0.0
+
+    classes = [{"label": label, "count": counts[label], "percent": share(counts[label], certain),
+                "percent_of_all": share(counts[label], total)} for label in labels]
+    return {"total": total, "certain": certain, "uncertain": counts[UNCERTAIN],
+            "uncertain_percent": share(counts[UNCERTAIN], total), "classes": classes}
 
 
 def _csv_safe(value: Any) -> Any:
@@ -108,12 +120,18 @@ def rows_to_csv(rows: list[dict[str, Any]], labels: list[str]) -> str:
 
 
 def annotated_data_url(bgr: np.ndarray, result: FrameResult, labels: list[str]) -> str:
-    """The frame with boxes and labels (edge_app.core.overlay), at most ANNOTATED_MAX_SIDE, as a JPEG data URL."""
-    shown = draw_results(bgr, result.cells, labels)
-    scale = min(1.0, ANNOTATED_MAX_SIDE / max(shown.shape[:2]))
-    if scale < 1.0:
-        size = (round(shown.shape[1] * scale), round(shown.shape[0] * scale))
-        shown = cv2.resize(shown, size, interpolation=cv2.INTER_AREA)
+    """The frame with boxes and labels (edge_app.core.overlay) as a JPEG data URL, resized to about
+    ANNOTATED_WIDTH wide (at most ANNOTATED_MAX_SIDE) before drawing, so that a small camera frame shown across
+    the card has crisp, legible labels instead of enlarged pixels."""
+    height, width = bgr.shape[:2]
+    scale = min(ANNOTATED_WIDTH / width, ANNOTATED_MAX_SIDE / max(height, width))
+    if abs(scale - 1.0) > 0.01:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+        cells = [scaled_cell(cell, scale) for cell in result.cells]
+    else:
+        cells = result.cells
+    shown = draw_results(bgr, cells, labels)
     return "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(shown)).decode("ascii")
 
 
@@ -185,9 +203,14 @@ def create_app(classifier: Classifier, camera: str | None = None,
             session["sid"] = secrets.token_urlsafe(16)
         return session.get("sid")
 
+    threshold = classifier.min_confidence if min_confidence is None else min_confidence
+
     def page_context() -> dict[str, Any]:
         return {"model": classifier.name, "labels": labels, "live": live is not None,
-                "colours": [colour_hex(label, labels) for label in labels], "max_bytes": MAX_UPLOAD_BYTES}
+                "colours": [colour_hex(label, labels) for label in labels], "max_bytes": MAX_UPLOAD_BYTES,
+                "threshold": threshold, "threshold_text": threshold_text(threshold) if threshold else "",
+                "uncertain_meaning": uncertain_meaning(threshold, classifier.colour_guard is not None),
+                "not_diagnostic": NOT_DIAGNOSTIC}
 
     @app.after_request
     def _headers(response: Response) -> Response:
@@ -221,7 +244,7 @@ def create_app(classifier: Classifier, camera: str | None = None,
         return jsonify(status="ok", model=classifier.name, labels=labels, runtime=classifier.runtime,
                        runtime_version=runtime_version(classifier.runtime), version=_app_version(),
                        input_size=classifier.input_size, input_dtype=classifier.input_dtype,
-                       min_confidence=classifier.min_confidence if min_confidence is None else min_confidence,
+                       min_confidence=threshold,
                        model_name=classifier.metadata.get("model_name"), camera=live is not None)
 
     @app.post("/api/classify")
@@ -323,10 +346,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rbc-diameter", type=diameter_px, metavar="PX",
                         help="red-cell diameter in this camera's pixels, when known: crops are scaled by it "
                              "instead of by each frame's estimate")
+    parser.add_argument("--debug", action="store_true",
+                        help="Flask's development server with its debugger instead of waitress (never on a network)")
+
+
+def serve_forever(app: Flask, host: str, port: int, debug: bool = False) -> None:
+    """Serve the app until Ctrl-C/SIGTERM: waitress, or with debug Flask's development server."""
+    if debug:
+        app.run(host=host, port=port, threaded=True, debug=True, use_reloader=False)
+        return
+    import waitress  # the web extra; pure Python, runs on a Raspberry Pi
+    waitress.serve(app, host=host, port=port, threads=SERVER_THREADS, ident="hemato")
 
 
 def main(args: argparse.Namespace) -> int:
-    """Load the model and serve until Ctrl-C or SIGTERM; 2 when the model cannot be loaded (1: port taken)."""
+    """Load the model and serve until Ctrl-C or SIGTERM; 2 when the model cannot be loaded or the port is taken."""
+    if not args.debug:
+        import waitress  # noqa: F401  fail before loading the model: hemato.cli names the extra to install
     try:
         classifier = Classifier(find_model(args.model), threads=args.threads)
     except (ModelFileError, RuntimeError) as exc:
@@ -339,7 +375,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"hemato serve: {classifier.name} on http://{args.host}:{args.port}/  (Ctrl-C to stop)", file=sys.stderr)
     signal.signal(signal.SIGTERM, _interrupt)  # `systemctl stop` ends it like Ctrl-C: camera released
     try:
-        app.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False)
+        serve_forever(app, args.host, args.port, args.debug)
     except OSError as exc:
         print(f"hemato serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2

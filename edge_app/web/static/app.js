@@ -6,6 +6,7 @@ const body = document.body;
 const LABELS = JSON.parse(body.dataset.labels || "[]");
 const COLOURS = JSON.parse(body.dataset.colours || "[]");
 const MAX_BYTES = Number(body.dataset.maxBytes || 0);
+const THRESHOLD = Number(body.dataset.threshold || 0);
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -14,8 +15,9 @@ function el(tag, className, text) {
   return node;
 }
 
+// Rounded down to 0.1, as in `hemato run`: a cell below the threshold never shows above it.
 function pct(p) {
-  return (100 * p).toFixed(1) + " %";
+  return (Math.floor(1000 * p + 1e-9) / 10).toFixed(1) + " %";
 }
 
 function colourOf(label) {
@@ -24,13 +26,13 @@ function colourOf(label) {
 }
 
 // ---- differential count (server-side, per browser session) ----
-function diffRow(label, count, percent, className) {
+function diffRow(label, count, ofAnswered, ofAll, className) {
   const tr = el("tr", className || "");
   const name = el("td");
   const swatch = el("span", "swatch");
   swatch.style.background = colourOf(label);
   name.append(swatch, label);
-  tr.append(name, el("td", "num", String(count)), el("td", "num", percent));
+  tr.append(name, el("td", "num", String(count)), el("td", "num", ofAnswered), el("td", "num", ofAll));
   return tr;
 }
 
@@ -38,9 +40,12 @@ function showDifferential(diff) {
   const tbody = document.getElementById("diff-body");
   if (!tbody) return;
   tbody.replaceChildren();
-  for (const c of diff.classes) tbody.append(diffRow(c.label, c.count, c.percent.toFixed(1)));
-  // As in `hemato run`: uncertain cells are listed but left out of the percentages.
-  tbody.append(diffRow("uncertain", diff.uncertain, "–", "uncertain"));
+  for (const c of diff.classes) {
+    tbody.append(diffRow(c.label, c.count, c.percent.toFixed(1), c.percent_of_all.toFixed(1)));
+  }
+  // As in `hemato run`: UNCERTAIN cells are not in "% of answered"; "% of all cells" counts them in.
+  tbody.append(diffRow("UNCERTAIN", diff.uncertain, "–", diff.uncertain_percent.toFixed(1), "uncertain"));
+  document.getElementById("diff-certain").textContent = String(diff.certain);
   document.getElementById("diff-total").textContent = String(diff.total);
 }
 
@@ -83,10 +88,13 @@ function cellBlock(row, index, count) {
   if (count > 1) answer.append(el("span", "badge", "cell " + (index + 1)));
   if (row.label === "UNCERTAIN") {
     block.classList.add("is-uncertain");
-    const top = Object.entries(row.probabilities).sort((a, b) => b[1] - a[1]).slice(0, 2);
-    answer.append(el("strong", "label uncertain", "⚠ uncertain"),
-                  el("span", "top2", "top two: " + top.map(([l, p]) => l + " " + pct(p)).join(", ")));
-    if (row.reason) answer.append(el("span", "reason", "(" + row.reason + ")"));
+    answer.append(el("strong", "label uncertain", "⚠ UNCERTAIN"),
+                  el("span", "top2", "best guess " + row.predicted + " " + pct(row.confidence) + ", runner-up " +
+                     row.runner_up + " " + pct(row.probabilities[row.runner_up] || 0)));
+    const why = row.reason === "low confidence" && THRESHOLD
+      ? "below the " + (100 * THRESHOLD).toFixed(2) + " % threshold: a person classifies this cell"
+      : (row.reason ? row.reason + ": a person classifies this cell" : "");
+    if (why) answer.append(el("span", "reason", "(" + why + ")"));
   } else {
     const label = el("strong", "label", row.label);
     label.style.color = colourOf(row.label);
@@ -110,6 +118,8 @@ function resultCard(file, data) {
   card.append(img);
   if (cells === 0) {
     card.append(el("p", "warning", "No stained white blood cell found in this image."));
+  } else if (cells > 1) {
+    card.append(el("p", "muted", "Cells are numbered from the top-left; the boxes on the image carry the same answers."));
   }
   data.rows.filter((r) => !r.error).forEach((row, i) => card.append(cellBlock(row, i, cells)));
   return card;
@@ -117,7 +127,10 @@ function resultCard(file, data) {
 
 function errorCard(name, message) {
   const card = el("article", "card error-card");
-  card.append(el("span", "source", name), el("p", "error", message));
+  const head = el("header");
+  head.append(el("span", "source", name), el("strong", "failed", "failed"));
+  card.append(head, el("p", "error", message));
+  card.dataset.failed = "1";
   return card;
 }
 
@@ -141,16 +154,33 @@ async function classifyFile(file) {
   return resultCard(file, data);
 }
 
+function images(n) {
+  return n + (n === 1 ? " image" : " images");
+}
+
+// What the status line says once a batch is done: classified and failed images counted apart.
+function batchStatus(done, failed) {
+  if (!done && !failed) return "";
+  if (!failed) return "Done: " + images(done) + " classified.";
+  if (!done) return "Failed: " + images(failed) + " could not be classified (see below).";
+  return "Done: " + images(done) + " classified; " + failed + " failed (see below).";
+}
+
 async function classifyAll(files) {
   const status = document.getElementById("status");
   const results = document.getElementById("results");
   const list = Array.from(files);
+  let failed = 0;
   for (let i = 0; i < list.length; i++) {
+    status.classList.remove("error");
     status.textContent = "Classifying " + (i + 1) + " of " + list.length + ": " + list[i].name + " …";
-    results.prepend(await classifyFile(list[i]));
+    const card = await classifyFile(list[i]);
+    if (card.dataset.failed) failed += 1;
+    results.append(card);  // in upload order, as the files were chosen
     await refreshDifferential();
   }
-  status.textContent = list.length ? "Done: " + list.length + (list.length === 1 ? " image." : " images.") : "";
+  status.textContent = batchStatus(list.length - failed, failed);
+  status.classList.toggle("error", failed > 0);
 }
 
 const fileInput = document.getElementById("file");
