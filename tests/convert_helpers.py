@@ -96,7 +96,7 @@ def broken_int8(tmp_path_factory) -> Path:
     if "broken" not in _cache:
         a = assets(tmp_path_factory)
         meta = read_run_metadata(a["run"])
-        calib = CalibrationSet(Path("constant"), [np.full((INPUT_SIZE, INPUT_SIZE, 3), 128, np.uint8)] * 10)
+        calib = CalibrationSet([Path("constant")], [np.full((INPUT_SIZE, INPUT_SIZE, 3), 128, np.uint8)] * 10)
         data = convert_model(load_keras(a["run"], meta), "int8", INPUT_SIZE, calib)
         written = tflite_metadata(meta, "int8", {"input": "uint8", "output": "float32"},
                                   file_sha256(a["run"] / "model.keras"), calib)
