@@ -97,3 +97,15 @@ class HeadProbe:
         """(views, D): the dense layer's input rows for one crop (one row per rotation view in the graph)."""
         self.run(rgb)
         return self.tensor(self.features_tensor).reshape(-1, self.width)
+
+    def logit_range(self) -> tuple[float, float] | None:
+        """(lowest, highest) logit the file can carry when it quantises the dense layer's output, else None."""
+        dense = [op for op in self._ops if op["op_name"] == "FULLY_CONNECTED"][-1]
+        output = int(dense["outputs"][0])
+        for op in self._ops:
+            if op["op_name"] == "QUANTIZE" and output in list(op["inputs"]):
+                quantised = self._tensors[int(op["outputs"][0])]
+                scale, zero = quantised["quantization"]
+                info = np.iinfo(quantised["dtype"])
+                return (info.min - zero) * scale, (info.max - zero) * scale
+        return None
