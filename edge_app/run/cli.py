@@ -20,7 +20,7 @@ import numpy as np
 
 from edge_app.core.frames import Frame, as_bgr, scaled_cell
 from edge_app.core.metadata import ModelFileError
-from edge_app.core.model import Classifier, runtime_version
+from edge_app.core.model import Classifier, adaptation_note, runtime_version
 from edge_app.core.model_path import MODEL_HELP, find_model
 from edge_app.core.overlay import FpsMeter, draw_results
 from edge_app.core.pipeline import CellResult, FrameResult, classify_frame
@@ -291,6 +291,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"Model: {classifier.name} ({', '.join(classifier.labels)}; "
           + (f"UNCERTAIN below {threshold_text(threshold)}; " if threshold else "")
           + f"{classifier.runtime} {runtime_version(classifier.runtime)}, {classifier.threads} threads)", flush=True)
+    print(f"Model file: {classifier.path}" + (f", {note}" if (note := adaptation_note(classifier.metadata)) else ""),
+          flush=True)
     if args.watch:
         print(f"hemato run: watching {args.source} for new images (Ctrl-C or SIGTERM to stop)", file=sys.stderr)
     warm_up(classifier)

@@ -27,13 +27,13 @@ from werkzeug.exceptions import HTTPException
 from edge_app.core.frames import scaled_cell
 from edge_app.core.image_decode import Decoded, ImageError, decode_image
 from edge_app.core.metadata import ModelFileError
-from edge_app.core.model import Classifier, runtime_version
+from edge_app.core.model import Classifier, adaptation_note, runtime_version
 from edge_app.core.model_path import MODEL_HELP, find_model
-from edge_app.core.overlay import draw_results
+from edge_app.core.overlay import colour_hex, draw_results, encode_jpeg
 from edge_app.core.pipeline import UNCERTAIN, FrameResult, classify_frame
-from edge_app.core.records import BASE_COLUMNS, cell_record, csv_columns, csv_values
+from edge_app.core.records import BASE_COLUMNS, cell_record, csv_columns, csv_values, differential
 from edge_app.core.wording import NOT_DIAGNOSTIC, threshold_text, uncertain_meaning
-from edge_app.web.live import LiveCamera, colour_hex, encode_jpeg, mjpeg_stream
+from edge_app.web.live import LiveCamera, mjpeg_stream
 from hemato.argtypes import rbc_diameter as diameter_px
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -83,25 +83,6 @@ def _rounded(record: dict[str, Any]) -> dict[str, Any]:
     record["latency_ms"] = round(record["latency_ms"], 3)
     record["probabilities"] = {k: round(v, 6) for k, v in record["probabilities"].items()}
     return record
-
-
-def differential(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
-    """Counts per class; percent: of the answered cells (UNCERTAIN left out, as in run); percent_of_all: of every
-    located cell, UNCERTAIN included (uncertain_percent is UNCERTAIN's share)."""
-    counts = dict.fromkeys(labels + [UNCERTAIN], 0)
-    for row in rows:
-        if not row["error"] and row["label"] in counts:
-            counts[row["label"]] += 1
-    certain = sum(counts[label] for label in labels)
-    total = certain + counts[UNCERTAIN]
-
-    def share(n: int, of: int) -> float:
-        return round(100 * n / of, 1) if of else 0.0
-
-    classes = [{"label": label, "count": counts[label], "percent": share(counts[label], certain),
-                "percent_of_all": share(counts[label], total)} for label in labels]
-    return {"total": total, "certain": certain, "uncertain": counts[UNCERTAIN],
-            "uncertain_percent": share(counts[UNCERTAIN], total), "classes": classes}
 
 
 def _csv_safe(value: Any) -> Any:
@@ -372,6 +353,8 @@ def main(args: argparse.Namespace) -> int:
                      rbc_diameter=args.rbc_diameter)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"hemato serve: listening on {args.host}: anyone who can reach this machine can use it", file=sys.stderr)
+    note = adaptation_note(classifier.metadata)
+    print(f"hemato serve: model {classifier.path}" + (f", {note}" if note else ""), file=sys.stderr)
     print(f"hemato serve: {classifier.name} on http://{args.host}:{args.port}/  (Ctrl-C to stop)", file=sys.stderr)
     signal.signal(signal.SIGTERM, _interrupt)  # `systemctl stop` ends it like Ctrl-C: camera released
     try:
