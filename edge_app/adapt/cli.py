@@ -45,7 +45,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         base = find_model(args.model)
         meta = read_model_metadata(base)
-        find_dense_head(base.read_bytes())
+        if find_dense_head(base.read_bytes()).bias_at is None:
+            raise ModelFileError(f"{base}: its dense layer has no bias to refit")
     except ModelFileError as exc:
         return _error(str(exc))
     if args.out.resolve() == base.resolve():

@@ -37,7 +37,7 @@ class DenseHead:
     """Where the last dense layer's float32 weights (classes x features) and bias lie in the file."""
 
     weights_at: int
-    bias_at: int
+    bias_at: int | None  # None: the converter dropped an all-zero bias
     classes: int
     features: int
     input_tensor: int  # the tensor the dense layer reads (the interpreter's index in the main subgraph)
@@ -70,14 +70,14 @@ def find_dense_head(data: bytes) -> DenseHead:
         if not dense:
             raise ModelFileError("the model has no dense (FULLY_CONNECTED) layer to adapt")
         inputs = _ints(dense[-1], _OPERATOR_INPUTS)
-        if len(inputs) < 3 or inputs[2] < 0:
-            raise ModelFileError("the model's dense layer has no bias")
-        weights, bias = tensors[inputs[1]], tensors[inputs[2]]
-        if weights.scalar(_TENSOR_TYPE, "<b") != FLOAT32 or bias.scalar(_TENSOR_TYPE, "<b") != FLOAT32:
+        weights = tensors[inputs[1]]
+        bias = tensors[inputs[2]] if len(inputs) > 2 and inputs[2] >= 0 else None
+        if any(t.scalar(_TENSOR_TYPE, "<b") != FLOAT32 for t in (weights, bias) if t is not None):
             raise ModelFileError("the model's dense layer is not float32 (an int8 head cannot be rewritten)")
         classes, features = _ints(weights, _TENSOR_SHAPE)
         w_at, w_len = _buffer_data_at(buffers, weights.scalar(_TENSOR_BUFFER, "<I"))
-        b_at, b_len = _buffer_data_at(buffers, bias.scalar(_TENSOR_BUFFER, "<I"))
+        b_at, b_len = _buffer_data_at(buffers, bias.scalar(_TENSOR_BUFFER, "<I")) if bias is not None \
+            else (None, 4 * classes)
         if w_len != 4 * classes * features or b_len != 4 * classes:
             raise ModelFileError("the dense layer's buffers do not match its shape")
         return DenseHead(w_at, b_at, classes, features, inputs[0])
@@ -91,13 +91,15 @@ def read_dense_head(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     """(weights classes x features, bias) of the last dense layer, float64 copies."""
     head = find_dense_head(data)
     w = np.frombuffer(data, "<f4", head.classes * head.features, head.weights_at)
-    b = np.frombuffer(data, "<f4", head.classes, head.bias_at)
+    b = np.frombuffer(data, "<f4", head.classes, head.bias_at) if head.bias_at is not None else np.zeros(head.classes)
     return w.reshape(head.classes, head.features).astype(np.float64), b.astype(np.float64)
 
 
 def with_dense_head(data: bytes, weights: np.ndarray, bias: np.ndarray) -> bytes:
     """A copy of the model with the last dense layer's weights and bias replaced (same shapes)."""
     head = find_dense_head(data)
+    if head.bias_at is None:
+        raise ModelFileError("the model's dense layer has no bias to refit (its converter dropped an all-zero one)")
     if weights.shape != (head.classes, head.features) or bias.shape != (head.classes,):
         raise ValueError(f"new head {weights.shape}/{bias.shape}, file has ({head.classes}, {head.features})")
     out = bytearray(data)
