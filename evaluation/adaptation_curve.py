@@ -36,8 +36,8 @@ def split_cells(split: Path, labels: list[str], source: str = "pbc", part: str =
     return [(split.parent / r["filepath"], r["label"]) for r in rows if r["label"] in labels]
 
 
-def score(classifier: Classifier, crops: list[np.ndarray], y: np.ndarray) -> dict[str, float]:
-    """Top-1 accuracy on every cell, and the share answered (not UNCERTAIN) with the accuracy of those answers."""
+def outcomes(classifier: Classifier, crops: list[np.ndarray], y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(top-1 correct, answered: not UNCERTAIN) per cell, as `hemato run` decides."""
     correct, answered = [], []
     for crop, label in zip(crops, y):
         probs = classifier.predict(crop)
@@ -46,7 +46,15 @@ def score(classifier: Classifier, crops: list[np.ndarray], y: np.ndarray) -> dic
                            is_unusual_crop(classifier, crop))
         correct.append(top == label)
         answered.append(answer == classifier.labels[top])
-    correct, answered = np.array(correct), np.array(answered)
+    return np.array(correct), np.array(answered)
+
+
+def score(classifier: Classifier, crops: list[np.ndarray], y: np.ndarray) -> dict[str, float]:
+    """Top-1 accuracy on every cell, and the share answered (not UNCERTAIN) with the accuracy of those answers."""
+    return summary(*outcomes(classifier, crops, y))
+
+
+def summary(correct: np.ndarray, answered: np.ndarray) -> dict[str, float]:
     return {"accuracy": float(correct.mean()), "answered": float(answered.mean()),
             "answered_accuracy": float(correct[answered].mean()) if answered.any() else None}
 
@@ -90,7 +98,8 @@ def curve(model: Path, split: Path, sizes: list[int], seeds: int, copies: int, c
     result: dict[str, Any] = {"model": model.name, "model_sha256": sha256_of(data), "split": str(split),
                               "cells": len(crops), "per_class": {l: int((y == i).sum()) for i, l in enumerate(labels)},
                               "augmented_copies": copies, "seeds": seeds, "runs": []}
-    result["base_all_cells"] = score(base, crops, y)
+    base_correct, base_answered = outcomes(base, crops, y)
+    result["base_all_cells"] = summary(base_correct, base_answered)
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             for seed in range(seeds):
@@ -111,7 +120,7 @@ def curve(model: Path, split: Path, sizes: list[int], seeds: int, copies: int, c
                 run = {"n": n, "seed": seed, "scored": len(rest), "fit_s": round(fit_s, 2),
                        "cv_accuracy": meta["adaptation"]["cv_accuracy"],
                        "temperature": meta["temperature"], "min_confidence": meta["min_confidence"],
-                       "base": score(base, rest_crops, y[rest]),
+                       "base": summary(base_correct[rest], base_answered[rest]),
                        "adapted": score(Classifier(path, threads=threads), rest_crops, y[rest])}
                 result["runs"].append(run)
                 print(f"n={n} seed={seed}: base {run['base']['accuracy']:.3f} -> adapted "

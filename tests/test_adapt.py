@@ -149,3 +149,20 @@ def test_metadata_rewrite_keeps_the_model_loadable(base_model):
     assert json.loads(read_tflite_metadata(data)["hemato_edge"])["note"] == "x" * 10_000
     from ai_edge_litert.interpreter import Interpreter
     Interpreter(model_content=data).allocate_tensors()
+
+
+def test_colour_guard_is_recentred_on_the_laboratory(tmp_path):
+    from edge_app.adapt.adapt import lab_colour_guard
+    from edge_app.core.ood import ColourGuard
+    from edge_app.core.vision import CropSettings, crop_statistics
+    settings = CropSettings(input_size=32)
+    rng = np.random.default_rng(0)
+    base_crops = [np.clip(rng.normal(120, 20, (32, 32, 3)), 0, 255).astype(np.uint8) for _ in range(40)]
+    lab_crops = [np.clip(rng.normal(200, 10, (32, 32, 3)), 0, 255).astype(np.uint8) for _ in range(12)]
+    stats = np.array([crop_statistics(c, settings) for c in base_crops])
+    base = ColourGuard.fit(stats, stats)
+    lab_stats = np.array([crop_statistics(c, settings) for c in lab_crops])
+    assert all(base.is_unusual(s) for s in lab_stats)  # the base guard flags every cell of the new laboratory
+    refitted = ColourGuard.from_dict(lab_colour_guard(base.to_dict(), lab_crops, settings))
+    assert not any(refitted.is_unusual(s) for s in lab_stats)
+    assert lab_colour_guard(None, lab_crops, settings) is None

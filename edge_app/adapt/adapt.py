@@ -13,9 +13,28 @@ import numpy as np
 from edge_app.adapt.cells import CellSet, augmented_crops
 from edge_app.adapt.fit import AdaptedHead, adapt_head, fit_logit_range
 from edge_app.core.head_probe import HeadProbe
+from edge_app.core.ood import ColourGuard
+from edge_app.core.vision import CropSettings, crop_statistics
 from edge_app.core.tflite_file import read_dense_head, with_dense_head, with_metadata
 
 DEFAULT_COPIES = 2  # augmented copies per cell besides the cell itself
+GUARD_PRIOR_CELLS = 10  # the base colour guard's covariance counts as this many cells
+
+
+def lab_colour_guard(base: dict[str, Any] | None, crops: list[np.ndarray], settings: CropSettings) -> dict | None:
+    """The colour guard re-centred on the laboratory's cells: another laboratory's stain is usual here, by
+    construction, and the base guard would flag every cell. Mean of the given cells; their covariance shrunk
+    towards the base guard's (GUARD_PRIOR_CELLS); the base's distance limit, at least the given cells' largest."""
+    guard = ColourGuard.from_dict(base)
+    if guard is None:
+        return None
+    stats = np.array([crop_statistics(crop, settings) for crop in crops])
+    n = len(stats)
+    base_cov = np.linalg.inv(guard.inv_cov)
+    cov = ((n - 1) * np.cov(stats, rowvar=False) + GUARD_PRIOR_CELLS * base_cov) / (n - 1 + GUARD_PRIOR_CELLS)
+    refitted = ColourGuard(stats.mean(axis=0), np.linalg.inv(cov), 0.0)
+    limit = max(guard.max_distance, float(refitted.distance(stats).max()))
+    return {**ColourGuard(refitted.mean, refitted.inv_cov, limit).to_dict(), "fitted": f"on {n} laboratory cells"}
 
 
 def sha256_of(data: bytes) -> str:
@@ -50,6 +69,11 @@ def adapted_metadata(base_meta: dict[str, Any], base_path: Path, base_data: byte
                                    "min_confidence": base_meta.get("min_confidence")}}
     meta = {**base_meta, "temperature": round(head.temperature, 4), "min_confidence": round(head.min_confidence, 4),
             "adaptation": record}
+    settings = CropSettings.from_dict({**base_meta.get("crop", {}), "input_size": base_meta.get("input_size", 224)})
+    guard = lab_colour_guard(base_meta.get("ood"), cells.crops, settings)
+    if guard is not None:
+        meta["ood"] = guard
+        record["colour_guard"] = guard["fitted"] + f", covariance shrunk towards the base's ({GUARD_PRIOR_CELLS} cells)"
     meta.pop("format", None)
     return meta
 
