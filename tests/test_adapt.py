@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import LABELS, make_smear
-from convert_helpers import STAINS, converted
+from convert_helpers import STAINS, converted, make_labelled_folder
 from test_no_tensorflow import python_without
 
 # The new laboratory stains eosinophils as the first laboratory stained lymphocytes and the other way round:
@@ -19,15 +19,7 @@ SHIFTED = {**STAINS, "EOSINOPHIL": STAINS["LYMPHOCYTE"], "LYMPHOCYTE": STAINS["E
 
 
 def lab_folder(root: Path, per_class: int, seed: int, stains: dict = SHIFTED) -> Path:
-    rng = np.random.default_rng(seed)
-    for k, label in enumerate(LABELS):
-        (root / label).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            stain = tuple(int(c + rng.integers(-12, 13)) for c in stains[label])
-            cell = (int(rng.integers(110, 210)), int(rng.integers(90, 150)), int(rng.integers(22, 34)))
-            img = make_smear(cells=[cell], seed=int(seed * 10000 + k * 1000 + i), nucleus_bgr=stain)
-            cv2.imwrite(str(root / label / f"{label.lower()}_{i:03d}.png"), img)
-    return root
+    return make_labelled_folder(root, per_class, seed, stains)
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,8 @@ import io
 import json
 import shutil
 import subprocess
-import threading
 import time
 from base64 import b64decode
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -18,26 +16,14 @@ import pytest
 
 from conftest import LABELS, SHARED_DATA, make_smear
 from edge_app.core.model_path import DEFAULT_MODEL_NAME
-from test_web_browser import ARTIFACTS, DevToolsPipe, evaluate, find_chromium, wait_for
+from test_web_browser import ARTIFACTS, DevToolsPipe, evaluate, find_chromium, serving, wait_for
 
 pytest.importorskip("flask")
 pytestmark = pytest.mark.skipif(find_chromium() is None, reason="chromium not found: run .ci/install-browser")
 
 
-@contextmanager
 def serving_review(model_path: Path, review_csv: Path, threads: int = 1):
-    from werkzeug.serving import make_server
-
-    from edge_app.core.model import Classifier
-    from edge_app.web.app import create_app
-    app = create_app(Classifier(model_path, threads=threads), review=str(review_csv))
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_port}"
-    finally:
-        httpd.shutdown()
-        app.extensions["hemato"].close()
+    return serving(model_path, threads, review=str(review_csv))
 
 
 @pytest.fixture
@@ -51,6 +37,15 @@ def run_csv(folder: Path, model: Path, out: Path) -> Path:
     from hemato.cli import main
     assert main(["run", str(folder), "--model", str(model), "--csv", str(out), "--threads", "1"]) == 0
     return out
+
+
+def smears_run(tmp_path: Path, model: Path, count: int) -> Path:
+    """The `hemato run` CSV of `count` one-cell synthetic smears (written to tmp_path/sample)."""
+    folder = tmp_path / "sample"
+    folder.mkdir()
+    for i in range(count):
+        cv2.imwrite(str(folder / f"smear_{i:02d}.png"), make_smear(seed=i))
+    return run_csv(folder, model, tmp_path / "results.csv")
 
 
 def open_page(browser: DevToolsPipe, url: str, width: int = 1280, height: int = 1000) -> str:
@@ -136,11 +131,7 @@ def pdf_pages(pdf: Path, prefix: Path) -> list[Path]:
 
 
 def test_review_reclassify_counts_and_export(browser, tmp_path, tiny_tflite):
-    folder = tmp_path / "sample"
-    folder.mkdir()
-    for i in range(4):
-        cv2.imwrite(str(folder / f"smear_{i}.png"), make_smear(seed=i))
-    results = run_csv(folder, tiny_tflite, tmp_path / "results.csv")
+    results = smears_run(tmp_path, tiny_tflite, 4)
     with serving_review(tiny_tflite, results) as url:
         state = review_and_check(browser, url, ARTIFACTS / "review_page_tiny.png")
     assert not state["problems"], state["problems"]
@@ -150,19 +141,14 @@ def test_review_reclassify_counts_and_export(browser, tmp_path, tiny_tflite):
     assert after["reviewed"].startswith("1")
     assert state["target"] in after["groups"]
     assert state["after_key"]["reviewed"].startswith("2")
-    rows = {r["label"]: r for r in state["export"] if r["reviewed"] == "yes"}
     assert len([r for r in state["export"] if r["reviewed"] == "yes"]) == 2
-    assert any(r["label"] == state["target"] and r["model_label"] == state["first_group"] for r in state["export"])
-    assert rows
+    assert any(r["label"] == state["target"] and r["model_label"] == state["first_group"] and r["reviewed"] == "yes"
+               for r in state["export"])
 
 
 def test_printed_report_pages(browser, tmp_path, tiny_tflite):
     from hemato.cli import main
-    folder = tmp_path / "sample"
-    folder.mkdir()
-    for i in range(30):
-        cv2.imwrite(str(folder / f"smear_{i:02d}.png"), make_smear(seed=i))
-    results = run_csv(folder, tiny_tflite, tmp_path / "results.csv")
+    results = smears_run(tmp_path, tiny_tflite, 30)
     report = tmp_path / "report.html"
     assert main(["report", str(results), "--out", str(report), "--model", str(tiny_tflite)]) == 0
     pdf = tmp_path / "report.pdf"
