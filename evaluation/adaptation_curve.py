@@ -5,7 +5,9 @@
 The new laboratory is PBC: the split's rows with source=pbc and split=val, in the model's classes. For each
 size n (cells per class) and seed, n cells per class are drawn as the laboratory's reviewed cells, the model
 is adapted on them exactly as `hemato adapt` does (same features, fit and file writing), and the adapted file
-itself is scored on the remaining cells. The unadapted base is scored on the same remaining cells (n = 0 row:
+is scored on the remaining cells: its head, temperature, threshold and colour guard applied to their features
+(--score-files: the adapted file itself through the device pipeline, slow). The unadapted base is scored
+through the device pipeline on the same remaining cells (n = 0 row:
 all cells). Features of every cell (and its augmented copies) are computed once and cached (--cache).
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ from edge_app.core.crops import file_cell_crop
 from edge_app.core.head_probe import HeadProbe
 from edge_app.core.model import Classifier
 from edge_app.core.pipeline import decide, is_unusual_crop
+from edge_app.core.vision import crop_statistics
 
 
 def split_cells(split: Path, labels: list[str], source: str = "pbc", part: str = "val") -> list[tuple[Path, str]]:
@@ -59,6 +62,22 @@ def summary(correct: np.ndarray, answered: np.ndarray) -> dict[str, float]:
             "answered_accuracy": float(correct[answered].mean()) if answered.any() else None}
 
 
+def feature_outcomes(meta: dict[str, Any], data: bytes, x: np.ndarray, stats: np.ndarray,
+                     y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(top-1 correct, answered) from the cells' head features and colour statistics and the adapted file's
+    head, temperature, threshold and guard: the file's answers without running its backbone again (the
+    features come from the builtin kernels, XNNPACK rounds int8 a little differently)."""
+    from edge_app.core.model import softmax
+    from edge_app.core.ood import ColourGuard
+    from edge_app.core.tflite_file import read_dense_head
+    w, b = read_dense_head(data)
+    probs = softmax(x @ w.T + b, float(meta["temperature"]))
+    guard = ColourGuard.from_dict(meta.get("ood"))
+    usual = np.ones(len(y), bool) if guard is None else guard.distance(stats) <= guard.max_distance
+    answered = usual & (probs.max(axis=1) >= float(meta.get("min_confidence") or 0.0))
+    return probs.argmax(axis=1) == y, answered
+
+
 def summarise(values: list[float | None]) -> dict[str, Any]:
     kept = [v for v in values if v is not None]
     return {"mean": round(float(np.mean(kept)), 4) if kept else None,
@@ -68,7 +87,7 @@ def summarise(values: list[float | None]) -> dict[str, Any]:
 
 
 def curve(model: Path, split: Path, sizes: list[int], seeds: int, copies: int, cache: Path | None,
-          threads: int | None = None) -> dict[str, Any]:
+          threads: int | None = None, score_files: bool = False) -> dict[str, Any]:
     base = Classifier(model, threads=threads)
     labels = base.labels
     images = split_cells(split, labels)
@@ -95,6 +114,8 @@ def curve(model: Path, split: Path, sizes: list[int], seeds: int, copies: int, c
         if cache is not None:
             np.savez(cache, key=key, x=features[0], cell=features[1], original=features[2])
     x, cell, original = features
+    x_cells = x[original][np.argsort(cell[original])]  # one row per cell: its un-augmented crop
+    stats = np.array([crop_statistics(crop, base.crop_settings) for crop in crops])
     result: dict[str, Any] = {"model": model.name, "model_sha256": sha256_of(data), "split": str(split),
                               "cells": len(crops), "per_class": {l: int((y == i).sum()) for i, l in enumerate(labels)},
                               "augmented_copies": copies, "seeds": seeds, "runs": []}
@@ -116,12 +137,13 @@ def curve(model: Path, split: Path, sizes: list[int], seeds: int, copies: int, c
                 fit_s = time.perf_counter() - start
                 path = Path(tmp) / f"adapted_{n}_{seed}.tflite"
                 path.write_bytes(adapted)
-                rest_crops = [crops[i] for i in rest]
                 run = {"n": n, "seed": seed, "scored": len(rest), "fit_s": round(fit_s, 2),
                        "cv_accuracy": meta["adaptation"]["cv_accuracy"],
                        "temperature": meta["temperature"], "min_confidence": meta["min_confidence"],
                        "base": summary(base_correct[rest], base_answered[rest]),
-                       "adapted": score(Classifier(path, threads=threads), rest_crops, y[rest])}
+                       "adapted": summary(*feature_outcomes(meta, adapted, x_cells[rest], stats[rest], y[rest]))}
+                if score_files:
+                    run["adapted_file"] = score(Classifier(path, threads=threads), [crops[i] for i in rest], y[rest])
                 result["runs"].append(run)
                 print(f"n={n} seed={seed}: base {run['base']['accuracy']:.3f} -> adapted "
                       f"{run['adapted']['accuracy']:.3f} (cv {run['cv_accuracy']:.3f}, fit {fit_s:.1f} s)",
@@ -163,8 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copies", type=int, default=DEFAULT_COPIES, help="augmented copies per cell")
     parser.add_argument("--cache", type=Path, help="features cache (.npz), reused when model and copies match")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--score-files", action="store_true",
+                        help="also score every adapted file through the device pipeline (slow: its backbone "
+                             "runs on every remaining cell); by default the file's head, temperature, threshold "
+                             "and colour guard are applied to the cells' features")
     args = parser.parse_args(argv)
-    result = curve(args.model, args.split, args.sizes, args.seeds, args.copies, args.cache, args.threads)
+    result = curve(args.model, args.split, args.sizes, args.seeds, args.copies, args.cache, args.threads,
+                   args.score_files)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     args.out.with_suffix(".md").write_text(markdown(result) + "\n")
