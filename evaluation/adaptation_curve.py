@@ -73,7 +73,7 @@ def feature_outcomes(meta: dict[str, Any], data: bytes, x: np.ndarray, stats: np
     w, b = read_dense_head(data)
     probs = softmax(x @ w.T + b, float(meta["temperature"]))
     guard = ColourGuard.from_dict(meta.get("ood"))
-    usual = np.ones(len(y), bool) if guard is None else guard.distance(stats) <= guard.max_distance
+    usual = np.ones(len(y), bool) if guard is None else guard.distance(stats) <= 1.0
     answered = usual & (probs.max(axis=1) >= float(meta.get("min_confidence") or 0.0))
     return probs.argmax(axis=1) == y, answered
 

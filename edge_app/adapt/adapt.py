@@ -13,7 +13,7 @@ import numpy as np
 from edge_app.adapt.cells import CellSet, augmented_crops
 from edge_app.adapt.fit import AdaptedHead, adapt_head, fit_logit_range
 from edge_app.core.head_probe import HeadProbe
-from edge_app.core.ood import ColourGuard
+from edge_app.core.ood import ColourGuard, GuardRegion
 from edge_app.core.vision import CropSettings, crop_statistics
 from edge_app.core.tflite_file import read_dense_head, with_dense_head, with_metadata
 
@@ -22,19 +22,22 @@ GUARD_PRIOR_CELLS = 10  # the base colour guard's covariance counts as this many
 
 
 def lab_colour_guard(base: dict[str, Any] | None, crops: list[np.ndarray], settings: CropSettings) -> dict | None:
-    """The colour guard re-centred on the laboratory's cells: another laboratory's stain is usual here, by
-    construction, and the base guard would flag every cell. Mean of the given cells; their covariance shrunk
-    towards the base guard's (GUARD_PRIOR_CELLS); the base's distance limit, at least the given cells' largest."""
+    """The colour guard with a region for the laboratory's cells added (one region per laboratory, as training
+    does): another laboratory's stain is usual here by construction, and the base regions would flag every cell.
+    Its mean is the given cells'; their covariance shrunk towards the nearest base region's (GUARD_PRIOR_CELLS);
+    its limit that region's, at least the given cells' largest distance."""
     guard = ColourGuard.from_dict(base)
     if guard is None:
         return None
     stats = np.array([crop_statistics(crop, settings) for crop in crops])
-    n = len(stats)
-    base_cov = np.linalg.inv(guard.inv_cov)
-    cov = ((n - 1) * np.cov(stats, rowvar=False) + GUARD_PRIOR_CELLS * base_cov) / (n - 1 + GUARD_PRIOR_CELLS)
-    refitted = ColourGuard(stats.mean(axis=0), np.linalg.inv(cov), 0.0)
-    limit = max(guard.max_distance, float(refitted.distance(stats).max()))
-    return {**ColourGuard(refitted.mean, refitted.inv_cov, limit).to_dict(), "fitted": f"on {n} laboratory cells"}
+    n, mean = len(stats), stats.mean(axis=0)
+    nearest = min(guard.regions, key=lambda region: float(region.distance(mean)[0] / region.max_distance))
+    cov = ((n - 1) * np.cov(stats, rowvar=False) + GUARD_PRIOR_CELLS * np.linalg.inv(nearest.inv_cov)) \
+        / (n - 1 + GUARD_PRIOR_CELLS)
+    region = GuardRegion(mean, np.linalg.inv(cov), 0.0)
+    limit = max(nearest.max_distance, float(region.distance(stats).max()))
+    lab = GuardRegion(mean, region.inv_cov, limit, f"adapted: {n} laboratory cells")
+    return {**ColourGuard(guard.regions + (lab,)).to_dict(), "adapted_region": lab.source}
 
 
 def sha256_of(data: bytes) -> str:
@@ -73,7 +76,8 @@ def adapted_metadata(base_meta: dict[str, Any], base_path: Path, base_data: byte
     guard = lab_colour_guard(base_meta.get("ood"), cells.crops, settings)
     if guard is not None:
         meta["ood"] = guard
-        record["colour_guard"] = guard["fitted"] + f", covariance shrunk towards the base's ({GUARD_PRIOR_CELLS} cells)"
+        record["colour_guard"] = (f"a region for the given cells added ({len(cells.crops)} cells; covariance shrunk "
+                                  f"towards the nearest base region's as {GUARD_PRIOR_CELLS} cells)")
     meta.pop("format", None)
     return meta
 

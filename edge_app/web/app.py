@@ -30,7 +30,7 @@ from edge_app.core.metadata import ModelFileError
 from edge_app.core.model import Classifier, adaptation_note, runtime_version
 from edge_app.core.model_path import MODEL_HELP, find_model
 from edge_app.core.overlay import colour_hex, draw_results, encode_jpeg
-from edge_app.core.pipeline import UNCERTAIN, FrameResult, classify_frame
+from edge_app.core.pipeline import FrameResult, classify_frame
 from edge_app.core.records import BASE_COLUMNS, cell_record, csv_columns, csv_values, differential
 from edge_app.core.wording import NOT_DIAGNOSTIC, threshold_text, uncertain_meaning
 from edge_app.web.live import LiveCamera, mjpeg_stream
