@@ -15,8 +15,8 @@ from edge_app.core.model import adaptation_note
 from edge_app.core.overlay import colour_hex
 from edge_app.core.pipeline import UNCERTAIN
 from edge_app.core.records import differential
+from edge_app.core.wording import NOT_DIAGNOSTIC as DISCLAIMER
 
-DISCLAIMER = "Not a diagnostic device: a qualified person must confirm every result."
 MAX_THUMBNAILS = 48  # per class; the counts always cover every cell
 
 
