@@ -84,7 +84,8 @@ def page_state(browser, session) -> dict:
 def review_and_check(browser: DevToolsPipe, url: str, screenshot: Path) -> dict:
     """Open /review, reclassify the first cell with a class button, the second with a key; check counts and export."""
     session = open_page(browser, url + "/review")
-    wait_for(browser, session, "document.querySelectorAll('figure.thumb').length > 0")
+    wait_for(browser, session, "document.querySelectorAll('figure.thumb').length > 0 && "
+                               "document.getElementById('review-total').textContent !== '0'")
     before = page_state(browser, session)
     first = evaluate(browser, session, "document.querySelector('figure.thumb').dataset.id")
     first_group = evaluate(browser, session, "document.querySelector('figure.thumb').closest('.review-group').dataset.label")

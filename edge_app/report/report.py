@@ -95,7 +95,7 @@ def render(report: ReportInput) -> str:
     date = report.date or datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     facts = [("Sample", report.sample), ("Date", date), ("Model file", report.model_file),
              ("Model adaptation", note), ("Total cells", diff["total"]),
-             ("UNCERTAIN", f"{diff['uncertain']} (left out of the percentages)"),
+             ("UNCERTAIN", f"{diff['uncertain']} (left out of '% of classified')"),
              ("Reviewed by a person", f"{len(reviewed)} of {len(report.cells)}"
               + (f" ({changed} reclassified)" if reviewed else ""))]
     if report.failed_images:
@@ -107,15 +107,16 @@ def render(report: ReportInput) -> str:
            '<table class="facts">' + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
            + "</table>", "<h2>Differential count</h2>",
            '<table class="differential"><thead><tr><th>Class</th><th class="num">Count</th>'
-           '<th class="num">% of classified</th><th></th></tr></thead><tbody>']
+           '<th class="num">% of classified</th><th class="num">% of all cells</th><th></th></tr></thead><tbody>']
     for c in diff["classes"]:
         colour = colour_hex(c["label"], labels)
         out.append(f'<tr data-label="{_e(c["label"])}"><td><span class="swatch" style="background:{colour}"></span>'
                    f'{_e(c["label"])}</td><td class="num">{c["count"]}</td><td class="num">{c["percent"]:.1f} %</td>'
+                   f'<td class="num">{c["percent_of_all"]:.1f} %</td>'
                    f'<td><div class="bar"><span style="width:{c["percent"]:.1f}%;background:{colour}"></span></div></td></tr>')
     out.append(f'<tr class="uncertain" data-label="{UNCERTAIN}"><td>UNCERTAIN</td><td class="num">{diff["uncertain"]}'
-               f'</td><td class="num">–</td><td></td></tr>')
-    out.append(f'</tbody><tfoot><tr><th>Total</th><th class="num">{diff["total"]}</th><th></th><th></th></tr>'
+               f'</td><td class="num">–</td><td class="num">{diff["uncertain_percent"]:.1f} %</td><td></td></tr>')
+    out.append(f'</tbody><tfoot><tr><th>Total</th><th class="num">{diff["total"]}</th><th></th><th></th><th></th></tr>'
                "</tfoot></table>")
     for label in labels + [UNCERTAIN]:
         cells = [c for c in report.cells if c.label == label]

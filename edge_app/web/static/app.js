@@ -235,8 +235,10 @@ const reviewRoot = document.getElementById("review");
 function showReviewCounts(counts) {
   const tbody = document.getElementById("review-counts");
   tbody.replaceChildren();
-  for (const c of counts.classes) tbody.append(diffRow(c.label, c.count, c.percent.toFixed(1)));
-  tbody.append(diffRow("uncertain", counts.uncertain, "–", "uncertain"));
+  for (const c of counts.classes) {
+    tbody.append(diffRow(c.label, c.count, c.percent.toFixed(1), c.percent_of_all.toFixed(1)));
+  }
+  tbody.append(diffRow("UNCERTAIN", counts.uncertain, "–", counts.uncertain_percent.toFixed(1), "uncertain"));
   document.getElementById("review-total").textContent = String(counts.total);
   document.getElementById("review-reviewed").textContent =
     counts.reviewed + (counts.reclassified ? " (" + counts.reclassified + " reclassified)" : "");
