@@ -12,26 +12,14 @@ import numpy as np
 
 
 def head_inputs(tflite_bytes: bytes, crops: list[np.ndarray]) -> np.ndarray:
-    """(crops x views, D): what the file's last dense layer reads for each crop (intermediate tensors kept).
+    """(crops x views, D): what the file's last dense layer reads for each crop (edge_app.core.head_probe).
 
     Read with the builtin kernels, as XNNPACK (the default delegate) keeps its tensors to itself; the two
     round int8 slightly differently, so logits from these features are close to, not exactly, the file's.
     """
-    from edge_app.core.model import interpreter_class
-    interpreter_type = interpreter_class()[0]
-    resolver = __import__(interpreter_type.__module__, fromlist=["OpResolverType"]).OpResolverType
-    interpreter = interpreter_type(model_content=tflite_bytes, experimental_preserve_all_tensors=True,
-                                   experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interpreter.allocate_tensors()
-    dense = [op for op in interpreter._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"][-1]
-    features_index, input_index = dense["inputs"][0], interpreter.get_input_details()[0]["index"]
-    width = int({t["index"]: t for t in interpreter.get_tensor_details()}[features_index]["shape"][-1])
-    rows = []
-    for crop in crops:
-        interpreter.set_tensor(input_index, crop[None].astype(np.float32))
-        interpreter.invoke()
-        rows.append(np.array(interpreter.get_tensor(features_index), np.float64).reshape(-1, width))
-    return np.concatenate(rows)
+    from edge_app.core.head_probe import HeadProbe
+    probe = HeadProbe(tflite_bytes)
+    return np.concatenate([probe.features(crop) for crop in crops])
 
 
 def fit_channel_lines(int8_features: np.ndarray, float_features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

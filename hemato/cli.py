@@ -14,6 +14,8 @@ SUBCOMMANDS = {
     "run": ("edge_app.run.cli", "edge", "classify the cells in images, a folder, a video or a camera"),
     "serve": ("edge_app.web.app", "web", "a web page for the bench: upload images, see each cell"),
     "info": ("edge_app.info", "edge", "what a model is: classes, input, threshold, provenance"),
+    "report": ("edge_app.report.cli", "edge", "a printable HTML report of a results CSV"),
+    "adapt": ("edge_app.adapt.cli", "edge", "refit the model's head on your laboratory's reviewed cells"),
     "verify": ("evaluation.verify", "edge", "compare two models on labelled images (parity gate)"),
     "bench": ("benchmarks.bench", "edge", "speed, size, memory and accuracy of models, here"),
     "train": ("training.cli", "train", "train a classifier on labelled cell images"),

@@ -23,13 +23,13 @@ STAINS = {"EOSINOPHIL": (170, 60, 120), "LYMPHOCYTE": (205, 90, 40),
 _cache: dict[str, object] = {}
 
 
-def make_labelled_folder(root: Path, per_class: int, seed: int) -> Path:
-    """ROOT/<CLASS>/*.png: one cell per smear, the class given by the nucleus stain and jittered."""
+def make_labelled_folder(root: Path, per_class: int, seed: int, stains: dict | None = None) -> Path:
+    """ROOT/<CLASS>/*.png: one cell per smear, the class given by the nucleus stain (STAINS) and jittered."""
     rng = np.random.default_rng(seed)
     for k, label in enumerate(LABELS):
         (root / label).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            stain = tuple(int(c + rng.integers(-12, 13)) for c in STAINS[label])
+            stain = tuple(int(c + rng.integers(-12, 13)) for c in (stains or STAINS)[label])
             cell = (int(rng.integers(110, 210)), int(rng.integers(90, 150)), int(rng.integers(22, 34)))
             img = make_smear(cells=[cell], seed=int(seed * 10000 + k * 1000 + i), nucleus_bgr=stain)
             cv2.imwrite(str(root / label / f"{label.lower()}_{i:03d}.png"), img)

@@ -117,14 +117,15 @@ class DevToolsPipe:
 
 
 @contextmanager
-def serving(model_path: Path, threads: int = 1):
-    """The web app for a model on a free local port, in a thread (werkzeug, threaded: `hemato serve --debug`)."""
+def serving(model_path: Path, threads: int = 1, **options):
+    """The web app for a model on a free local port, in a thread (werkzeug, threaded: `hemato serve --debug`);
+    options go to create_app (e.g. review=CSV)."""
     from werkzeug.serving import make_server
 
     from edge_app.core.model import Classifier
     from edge_app.web.app import create_app
 
-    app = create_app(Classifier(model_path, threads=threads))
+    app = create_app(Classifier(model_path, threads=threads), **options)
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

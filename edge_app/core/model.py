@@ -171,3 +171,15 @@ class Classifier:
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         """Class probabilities for one RGB uint8 crop."""
         return self.probabilities(self.raw_outputs(rgb))
+
+
+def adaptation_note(metadata: dict[str, Any]) -> str:
+    """What an adapted model (hemato adapt) was adapted on, in one line; "" for a model that was not."""
+    record = metadata.get("adaptation")
+    if not isinstance(record, dict):
+        return ""
+    counts = record.get("cells_per_class") or {}
+    accuracy = record.get("cv_accuracy")
+    return (f"adapted {record.get('date', '?')} from {record.get('base_file', '?')} on {sum(counts.values())} "
+            f"reviewed cells ({', '.join(f'{k} {v}' for k, v in counts.items())})"
+            + (f", cross-validated accuracy {100 * accuracy:.1f} %" if accuracy is not None else ""))

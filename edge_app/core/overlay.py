@@ -71,3 +71,17 @@ class FpsMeter:
             self.fps = current if self.fps is None else self.smoothing * self.fps + (1 - self.smoothing) * current
         self._last = now
         return self.fps
+
+
+def colour_hex(label: str, labels: list[str]) -> str:
+    """The overlay's box colour of a class (or UNCERTAIN) as #rrggbb, for the page's bars."""
+    b, g, r = PALETTE[labels.index(label) % len(PALETTE)] if label in labels else UNCERTAIN_BGR
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def encode_jpeg(bgr: np.ndarray, quality: int = 85) -> bytes:
+    """JPEG bytes of a BGR image."""
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()

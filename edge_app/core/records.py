@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge_app.core.pipeline import CellResult
+from edge_app.core.pipeline import UNCERTAIN, CellResult
 
 # label: the answer (a class or UNCERTAIN); predicted/confidence: the most probable class; runner_up: the
 # second most probable class (what a reviewer checks next); reason: why the answer is UNCERTAIN, empty otherwise;
@@ -36,3 +36,22 @@ def csv_values(record: dict[str, Any], labels: list[str]) -> list[Any]:
     fixed[BASE_COLUMNS.index("latency_ms")] = f"{record['latency_ms']:.2f}"
     fixed[BASE_COLUMNS.index("rbc_px")] = "" if record["rbc_px"] is None else f"{record['rbc_px']:.1f}"
     return fixed + [f"{record['probabilities'][label]:.4f}" for label in labels]
+
+
+def differential(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
+    """Counts per class; percent: of the answered cells (UNCERTAIN left out, as in run); percent_of_all: of every
+    located cell, UNCERTAIN included (uncertain_percent is UNCERTAIN's share)."""
+    counts = dict.fromkeys(labels + [UNCERTAIN], 0)
+    for row in rows:
+        if not row["error"] and row["label"] in counts:
+            counts[row["label"]] += 1
+    certain = sum(counts[label] for label in labels)
+    total = certain + counts[UNCERTAIN]
+
+    def share(n: int, of: int) -> float:
+        return round(100 * n / of, 1) if of else 0.0
+
+    classes = [{"label": label, "count": counts[label], "percent": share(counts[label], certain),
+                "percent_of_all": share(counts[label], total)} for label in labels]
+    return {"total": total, "certain": certain, "uncertain": counts[UNCERTAIN],
+            "uncertain_percent": share(counts[UNCERTAIN], total), "classes": classes}

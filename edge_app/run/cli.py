@@ -20,7 +20,7 @@ import numpy as np
 
 from edge_app.core.frames import Frame, as_bgr, scaled_cell
 from edge_app.core.metadata import ModelFileError
-from edge_app.core.model import Classifier, runtime_version
+from edge_app.core.model import Classifier, adaptation_note, runtime_version
 from edge_app.core.model_path import MODEL_HELP, find_model
 from edge_app.core.overlay import FpsMeter, draw_results
 from edge_app.core.pipeline import CellResult, FrameResult, classify_frame
@@ -77,6 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true",
                         help="no line per image (by default each image's answer is printed as it is classified)")
     parser.add_argument("--json-summary", metavar="PATH", help="also write the summary as JSON")
+    parser.add_argument("--explain", metavar="DIR",
+                        help="also write one heat-map PNG per cell into DIR: where in the crop the evidence for its "
+                             "answer lies (a second interpreter; slower)")
     parser.add_argument("--fsync", action="store_true", help="fsync the CSV after every row (slower, safest)")
 
 
@@ -123,9 +126,31 @@ def warm_up(classifier: Classifier) -> None:
     classify_frame(classifier, frame)
 
 
+class HeatMaps:
+    """`--explain DIR`: one PNG per cell, the crop beside its class activation map for the answer's class."""
+
+    def __init__(self, classifier: Classifier, folder: str):
+        from edge_app.core.explain import Explainer
+        self.explainer, self.folder, self.size = Explainer(classifier.path, classifier.threads), Path(folder), \
+            classifier.input_size
+        self.labels = classifier.labels
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def write(self, frame: Frame, bgr: np.ndarray, cells: list[CellResult]) -> None:
+        from edge_app.core.explain import heat_overlay
+        from edge_app.core.vision import crop_for_model
+        stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(frame.source).stem)[:80]
+        for index, cell in enumerate(cells):
+            crop = crop_for_model(bgr, cell.box, self.size)
+            cam = self.explainer.activation_map(crop, self.labels.index(cell.predicted))
+            picture = np.hstack([crop, heat_overlay(crop, cam)])
+            name = f"{stem}_f{frame.index}_c{index}_{cell.label}.png"
+            cv2.imwrite(str(self.folder / name), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+
+
 def process_frame(frame: Frame, classifier: Classifier, writer: CsvWriter, stats: RunStats,
                   min_confidence: float | None = None, rbc_diameter: float | None = None,
-                  echo: bool = False) -> FrameResult | None:
+                  echo: bool = False, heat_maps: HeatMaps | None = None) -> FrameResult | None:
     """Classify one frame, write its rows and count it; the FrameResult, or None for an unusable frame.
 
     rbc_diameter: the camera's red-cell diameter in source pixels, when the user gave it.
@@ -155,6 +180,8 @@ def process_frame(frame: Frame, classifier: Classifier, writer: CsvWriter, stats
     stats.add_frame(result.cells, timings, rbc_px)
     if echo:
         print(f"{frame.source}: {image_answer(result.cells, classifier.labels, stats.threshold)}", flush=True)
+    if heat_maps is not None:
+        heat_maps.write(frame, as_bgr(frame.image), result.cells)
     return result
 
 
@@ -165,7 +192,8 @@ def answers_per_image(source: Source) -> bool:
 
 def run(classifier: Classifier, source: Source, writer: CsvWriter, min_confidence: float | None = None,
         display: Display | None = None, stop: threading.Event | None = None,
-        rbc_diameter: float | None = None, echo: bool = False) -> tuple[RunStats, int]:
+        rbc_diameter: float | None = None, echo: bool = False,
+        heat_maps: HeatMaps | None = None) -> tuple[RunStats, int]:
     """Classify every frame of the source into the writer until it ends or a stop is asked; (stats, status).
 
     echo: print a line per image (still images only, see answers_per_image)."""
@@ -180,7 +208,7 @@ def run(classifier: Classifier, source: Source, writer: CsvWriter, min_confidenc
     start = last_progress = time.perf_counter()
     try:
         for frame in source:
-            result = process_frame(frame, classifier, writer, stats, min_confidence, rbc_diameter, echo)
+            result = process_frame(frame, classifier, writer, stats, min_confidence, rbc_diameter, echo, heat_maps)
             rate = fps.tick()
             if display is not None and frame.image is not None and result is not None:
                 shown = draw_results(as_bgr(frame.image), result.cells, classifier.labels,
@@ -291,12 +319,22 @@ def main(args: argparse.Namespace) -> int:
     print(f"Model: {classifier.name} ({', '.join(classifier.labels)}; "
           + (f"UNCERTAIN below {threshold_text(threshold)}; " if threshold else "")
           + f"{classifier.runtime} {runtime_version(classifier.runtime)}, {classifier.threads} threads)", flush=True)
+    print(f"Model file: {classifier.path}" + (f", {note}" if (note := adaptation_note(classifier.metadata)) else ""),
+          flush=True)
     if args.watch:
         print(f"hemato run: watching {args.source} for new images (Ctrl-C or SIGTERM to stop)", file=sys.stderr)
+    heat_maps = None
+    if args.explain:
+        try:
+            heat_maps = HeatMaps(classifier, args.explain)
+        except (ModelFileError, OSError) as exc:
+            source.close()
+            writer.close()
+            return _error(f"--explain: {exc}")
     warm_up(classifier)
     with stopper.installed():
         stats, status = run(classifier, source, writer, args.min_confidence, display, stopper.event,
-                            args.rbc_diameter, echo=not args.quiet)
+                            args.rbc_diameter, echo=not args.quiet, heat_maps=heat_maps)
     faults = [fault for fault in [source.faults()] if fault]
     for fault in faults:  # the resume notes were printed above: each note once, on stderr
         print(f"hemato run: {fault}", file=sys.stderr)

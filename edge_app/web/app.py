@@ -27,13 +27,14 @@ from werkzeug.exceptions import HTTPException
 from edge_app.core.frames import scaled_cell
 from edge_app.core.image_decode import Decoded, ImageError, decode_image
 from edge_app.core.metadata import ModelFileError
-from edge_app.core.model import Classifier, runtime_version
+from edge_app.core.model import Classifier, adaptation_note, runtime_version
 from edge_app.core.model_path import MODEL_HELP, find_model
-from edge_app.core.overlay import draw_results
-from edge_app.core.pipeline import UNCERTAIN, FrameResult, classify_frame
-from edge_app.core.records import BASE_COLUMNS, cell_record, csv_columns, csv_values
+from edge_app.core.overlay import colour_hex, draw_results, encode_jpeg
+from edge_app.core.pipeline import FrameResult, classify_frame
+from edge_app.core.records import BASE_COLUMNS, cell_record, csv_columns, csv_values, differential
 from edge_app.core.wording import NOT_DIAGNOSTIC, threshold_text, uncertain_meaning
-from edge_app.web.live import LiveCamera, colour_hex, encode_jpeg, mjpeg_stream
+from edge_app.web.live import LiveCamera, mjpeg_stream
+from edge_app.web.review import ReviewStore, counts, crop_jpeg, export_csv, export_zip, session_report
 from hemato.argtypes import rbc_diameter as diameter_px
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -83,25 +84,6 @@ def _rounded(record: dict[str, Any]) -> dict[str, Any]:
     record["latency_ms"] = round(record["latency_ms"], 3)
     record["probabilities"] = {k: round(v, 6) for k, v in record["probabilities"].items()}
     return record
-
-
-def differential(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
-    """Counts per class; percent: of the answered cells (UNCERTAIN left out, as in run); percent_of_all: of every
-    located cell, UNCERTAIN included (uncertain_percent is UNCERTAIN's share)."""
-    counts = dict.fromkeys(labels + [UNCERTAIN], 0)
-    for row in rows:
-        if not row["error"] and row["label"] in counts:
-            counts[row["label"]] += 1
-    certain = sum(counts[label] for label in labels)
-    total = certain + counts[UNCERTAIN]
-
-    def share(n: int, of: int) -> float:
-        return round(100 * n / of, 1) if of else 0.0
-
-    classes = [{"label": label, "count": counts[label], "percent": share(counts[label], certain),
-                "percent_of_all": share(counts[label], total)} for label in labels]
-    return {"total": total, "certain": certain, "uncertain": counts[UNCERTAIN],
-            "uncertain_percent": share(counts[UNCERTAIN], total), "classes": classes}
 
 
 def _csv_safe(value: Any) -> Any:
@@ -174,6 +156,8 @@ class _State:
                  lock: threading.Lock):
         self.classifier, self.min_confidence, self.camera, self.lock = classifier, min_confidence, camera, lock
         self.sessions = SessionStore()
+        self.review = ReviewStore()
+        self.explainer = None  # opened on the first heat-map request (edge_app.core.explain)
         self.snapshots = 0  # live frames added to a count
 
     def close(self) -> None:
@@ -182,8 +166,10 @@ class _State:
 
 
 def create_app(classifier: Classifier, camera: str | None = None,
-               min_confidence: float | None = None, rbc_diameter: float | None = None) -> Flask:
-    """The Flask app: upload page, live page (when `camera`, a `hemato run` source, is given), JSON API.
+               min_confidence: float | None = None, rbc_diameter: float | None = None,
+               review: str | None = None) -> Flask:
+    """The Flask app: upload page, live page (when `camera`, a `hemato run` source, is given), review page
+    (every cell of the session, and those of the `review` CSV read from this machine's disk now), JSON API.
 
     Starts the camera thread; stop it with app.extensions["hemato"].close().
     """
@@ -193,8 +179,11 @@ def create_app(classifier: Classifier, camera: str | None = None,
                       SESSION_COOKIE_SAMESITE="Lax")
     app.json.sort_keys = False  # keep probabilities in the model's label order
     lock = threading.Lock()
+    review_store = ReviewStore()
+    app.config["REVIEW_NOTES"] = review_store.load_csv(review, classifier.input_size) if review else []
     live = LiveCamera(classifier, camera, lock, min_confidence, rbc_diameter=rbc_diameter).start() if camera is not None else None
     state = _State(classifier, min_confidence, live, lock)
+    state.review = review_store
     app.extensions["hemato"] = state
     labels = classifier.labels
 
@@ -207,6 +196,7 @@ def create_app(classifier: Classifier, camera: str | None = None,
 
     def page_context() -> dict[str, Any]:
         return {"model": classifier.name, "labels": labels, "live": live is not None,
+                "adapted": adaptation_note(classifier.metadata),
                 "colours": [colour_hex(label, labels) for label in labels], "max_bytes": MAX_UPLOAD_BYTES,
                 "threshold": threshold, "threshold_text": threshold_text(threshold) if threshold else "",
                 "uncertain_meaning": uncertain_meaning(threshold, classifier.colour_guard is not None),
@@ -266,6 +256,9 @@ def create_app(classifier: Classifier, camera: str | None = None,
         rows = result_rows(source, 0, result, labels, decode_ms)
         if session_id():
             state.sessions.add(session_id(), rows)
+            for row, cell in zip(rows, result.cells):
+                row["review_id"] = state.review.add(session_id(), dict(row),
+                                                    crop_jpeg(bgr, cell.box, classifier.input_size))
         timings = {"decode": decode_ms, **result.timings_ms}
         body: dict[str, Any] = {"source": source, "model": classifier.name, "labels": labels,
                                 "width": int(bgr.shape[1]), "height": int(bgr.shape[0]), "cells": len(rows),
@@ -281,6 +274,7 @@ def create_app(classifier: Classifier, camera: str | None = None,
     @app.post("/api/session/reset")
     def session_reset():
         state.sessions.reset(session_id())
+        state.review.reset(session_id())
         return jsonify(differential([], labels))
 
     @app.get("/session.csv")
@@ -289,6 +283,64 @@ def create_app(classifier: Classifier, camera: str | None = None,
         name = time.strftime("hemato-session-%Y%m%d-%H%M%S.csv")
         return Response(rows_to_csv(rows, labels), mimetype="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    @app.get("/review")
+    def review_page():
+        session_id(create=True)
+        return render_template("review.html", **page_context(), review_from=state.review.loaded_from,
+                               review_notes=app.config["REVIEW_NOTES"])
+
+    @app.get("/api/review")
+    def review_cells():
+        cells = state.review.cells(session_id())
+        return jsonify(cells=[c.public() for c in cells], counts=counts(cells, labels))
+
+    @app.post("/api/review/<int:ident>")
+    def review_set(ident: int):
+        label = (request.get_json(silent=True) or {}).get("label")
+        if label not in labels:
+            return jsonify(error=f"label must be one of {', '.join(labels)}", status=400), 400
+        cell = state.review.set_label(session_id(), ident, label)
+        if cell is None:
+            return jsonify(error="no such cell in this session", status=404), 404
+        return jsonify(cell=cell.public(), counts=counts(state.review.cells(session_id()), labels))
+
+    @app.get("/review/crop/<int:ident>.jpg")
+    def review_crop(ident: int):
+        cell = state.review.get(session_id(), ident)
+        if cell is None:
+            return Response("no such cell\n", 404, mimetype="text/plain")
+        return Response(cell.jpeg, mimetype="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/review/explain/<int:ident>.png")
+    def review_explain(ident: int):
+        cell = state.review.get(session_id(), ident)
+        if cell is None:
+            return Response("no such cell\n", 404, mimetype="text/plain")
+        png = heat_map_png(state, cell)
+        return Response(png, mimetype="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    def _download(body: str | bytes, mimetype: str, name: str) -> Response:
+        return Response(body, mimetype=mimetype, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    @app.get("/review.csv")
+    def review_csv():
+        return _download(export_csv(state.review.cells(session_id()), labels), "text/csv",
+                         time.strftime("hemato-reviewed-%Y%m%d-%H%M%S.csv"))
+
+    @app.get("/review.zip")
+    def review_zip():
+        return _download(export_zip(state.review.cells(session_id())), "application/zip",
+                         time.strftime("hemato-reviewed-%Y%m%d-%H%M%S.zip"))
+
+    @app.get("/report.html")
+    def report():
+        cells = state.review.cells(session_id())
+        sample = state.review.loaded_from or "web session"
+        body = session_report(cells, labels, sample, str(classifier.path), classifier.metadata)
+        response = _download(body, "text/html", time.strftime("hemato-report-%Y%m%d-%H%M%S.html"))
+        response.headers["Content-Security-Policy"] = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+        return response
 
     @app.get("/stream")
     def stream():
@@ -322,6 +374,19 @@ def create_app(classifier: Classifier, camera: str | None = None,
     return app
 
 
+def heat_map_png(state: _State, cell) -> bytes:
+    """The cell's crop with its class activation map for the model's answer; the explainer (a second
+    interpreter) is opened on the first request only."""
+    from edge_app.core.explain import Explainer, heat_overlay
+    classifier = state.classifier
+    with state.lock:
+        if state.explainer is None:
+            state.explainer = Explainer(classifier.path, classifier.threads)
+        crop = cv2.cvtColor(cv2.imdecode(np.frombuffer(cell.jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        cam = state.explainer.activation_map(crop, classifier.labels.index(cell.row["predicted"]))
+    return cv2.imencode(".png", cv2.cvtColor(heat_overlay(crop, cam), cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
 def _app_version() -> str:
     from hemato import __version__
     return __version__
@@ -346,6 +411,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rbc-diameter", type=diameter_px, metavar="PX",
                         help="red-cell diameter in this camera's pixels, when known: crops are scaled by it "
                              "instead of by each frame's estimate")
+    parser.add_argument("--review", metavar="RESULTS.csv",
+                        help="put the cells of a hemato run CSV on the review page (its images are read from this "
+                             "machine's disk at start)")
     parser.add_argument("--debug", action="store_true",
                         help="Flask's development server with its debugger instead of waitress (never on a network)")
 
@@ -368,10 +436,18 @@ def main(args: argparse.Namespace) -> int:
     except (ModelFileError, RuntimeError) as exc:
         print(f"hemato serve: {exc}", file=sys.stderr)
         return 2
-    app = create_app(classifier, camera=args.camera, min_confidence=args.min_confidence,
-                     rbc_diameter=args.rbc_diameter)
+    try:
+        app = create_app(classifier, camera=args.camera, min_confidence=args.min_confidence,
+                         rbc_diameter=args.rbc_diameter, review=args.review)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"hemato serve: --review {args.review}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return 2
+    for note in app.config["REVIEW_NOTES"]:
+        print(f"hemato serve: review: skipped {note}", file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"hemato serve: listening on {args.host}: anyone who can reach this machine can use it", file=sys.stderr)
+    note = adaptation_note(classifier.metadata)
+    print(f"hemato serve: model {classifier.path}" + (f", {note}" if note else ""), file=sys.stderr)
     print(f"hemato serve: {classifier.name} on http://{args.host}:{args.port}/  (Ctrl-C to stop)", file=sys.stderr)
     signal.signal(signal.SIGTERM, _interrupt)  # `systemctl stop` ends it like Ctrl-C: camera released
     try:

@@ -14,27 +14,13 @@ import numpy as np
 
 from edge_app.core.frames import as_bgr
 from edge_app.core.model import Classifier
-from edge_app.core.overlay import PALETTE, UNCERTAIN_BGR, FpsMeter, draw_results
+from edge_app.core.overlay import FpsMeter, draw_results, encode_jpeg
 from edge_app.core.pipeline import FrameResult, classify_frame
 from edge_app.core.sources import SourceLost, open_source
 
 log = logging.getLogger(__name__)
 
 FILE_PERIOD_S = 0.1  # video files and images are replayed at about 10 frames per second
-
-
-def colour_hex(label: str, labels: list[str]) -> str:
-    """The overlay's box colour of a class (or UNCERTAIN) as #rrggbb, for the page's bars."""
-    b, g, r = PALETTE[labels.index(label) % len(PALETTE)] if label in labels else UNCERTAIN_BGR
-    return f"#{r:02x}{g:02x}{b:02x}"
-
-
-def encode_jpeg(bgr: np.ndarray, quality: int = 85) -> bytes:
-    """JPEG bytes of a BGR image."""
-    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return buf.tobytes()
 
 
 def message_frame(text: str, width: int = 640, height: int = 360) -> bytes:

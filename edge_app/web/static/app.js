@@ -229,4 +229,125 @@ if (countButton) {
   setInterval(pollLive, 1000);
 }
 
-refreshDifferential();
+// ---- review page: confirm or reclassify every cell, counts follow ----
+const reviewRoot = document.getElementById("review");
+
+function showReviewCounts(counts) {
+  const tbody = document.getElementById("review-counts");
+  tbody.replaceChildren();
+  for (const c of counts.classes) {
+    tbody.append(diffRow(c.label, c.count, c.percent.toFixed(1), c.percent_of_all.toFixed(1)));
+  }
+  tbody.append(diffRow("UNCERTAIN", counts.uncertain, "–", counts.uncertain_percent.toFixed(1), "uncertain"));
+  document.getElementById("review-total").textContent = String(counts.total);
+  document.getElementById("review-reviewed").textContent =
+    counts.reviewed + (counts.reclassified ? " (" + counts.reclassified + " reclassified)" : "");
+}
+
+if (reviewRoot) {
+  let cells = [];
+  let selected = null;
+  const explainBox = document.getElementById("explain");
+
+  const groups = () => ["UNCERTAIN", ...LABELS];
+  const ordered = () => groups().flatMap((g) => cells.filter((c) => c.label === g));
+
+  function imageFor(cell) {
+    return (explainBox && explainBox.checked ? "/review/explain/" : "/review/crop/") + cell.id +
+      (explainBox && explainBox.checked ? ".png" : ".jpg");
+  }
+
+  function thumb(cell) {
+    const fig = el("figure", "thumb" + (cell.reviewed ? " reviewed" : "") + (cell.id === selected ? " selected" : ""));
+    fig.dataset.id = String(cell.id);
+    fig.tabIndex = 0;
+    const img = el("img");
+    img.alt = cell.label + " " + cell.source;
+    img.src = imageFor(cell);
+    img.width = 112;
+    img.height = 112;
+    fig.append(img);
+    let caption = cell.reviewed ? (cell.label === cell.model_label ? "✓ confirmed" : "✓ was " + cell.model_label)
+                                : cell.predicted + " " + pct(cell.confidence);
+    fig.append(el("figcaption", "", caption));
+    const buttons = el("div", "class-buttons");
+    LABELS.forEach((label, i) => {
+      const b = el("button", "class-button" + (cell.label === label ? " current" : ""), String(i + 1));
+      b.type = "button";
+      b.title = label + " (key " + (i + 1) + ")";
+      b.dataset.label = label;
+      b.style.borderColor = colourOf(label);
+      b.addEventListener("click", (e) => { e.stopPropagation(); setLabel(cell.id, label); });
+      buttons.append(b);
+    });
+    fig.append(buttons);
+    fig.addEventListener("click", () => select(cell.id));
+    return fig;
+  }
+
+  function render() {
+    reviewRoot.replaceChildren();
+    if (!cells.length) {
+      reviewRoot.append(el("p", "muted", "No cells yet: upload images on the Upload page, or start the server with " +
+                                         "hemato serve --review results.csv"));
+      return;
+    }
+    for (const g of groups()) {
+      const members = cells.filter((c) => c.label === g);
+      if (!members.length) continue;
+      const section = el("section", "panel review-group" + (g === "UNCERTAIN" ? " is-uncertain" : ""));
+      section.dataset.label = g;
+      const h = el("h2");
+      const swatch = el("span", "swatch");
+      swatch.style.background = colourOf(g);
+      h.append(swatch, g + " ", el("small", "", "(" + members.length + ")"));
+      const grid = el("div", "thumbs");
+      members.forEach((c) => grid.append(thumb(c)));
+      section.append(h, grid);
+      reviewRoot.append(section);
+    }
+  }
+
+  function select(id) {
+    selected = id;
+    for (const f of reviewRoot.querySelectorAll("figure.thumb")) f.classList.toggle("selected", f.dataset.id === String(id));
+    const fig = reviewRoot.querySelector('figure.thumb[data-id="' + id + '"]');
+    if (fig) fig.scrollIntoView({block: "nearest"});
+  }
+
+  async function setLabel(id, label) {
+    const before = ordered().map((c) => c.id);
+    const next = before[before.indexOf(id) + 1];
+    const r = await fetch("/api/review/" + id, {method: "POST", headers: {"Content-Type": "application/json"},
+                                                 body: JSON.stringify({label: label})});
+    const data = await r.json();
+    if (!r.ok) return;
+    cells = cells.map((c) => (c.id === id ? data.cell : c));
+    selected = next === undefined ? id : next;
+    render();
+    select(selected);
+    showReviewCounts(data.counts);
+  }
+
+  async function loadReview() {
+    const r = await fetch("/api/review");
+    const data = await r.json();
+    cells = data.cells;
+    if (selected === null && cells.length) selected = ordered()[0].id;
+    render();
+    showReviewCounts(data.counts);
+  }
+
+  document.addEventListener("keydown", (e) => {
+    if (e.target && e.target.tagName === "INPUT") return;
+    const k = Number(e.key);
+    if (selected !== null && Number.isInteger(k) && k >= 1 && k <= LABELS.length) {
+      e.preventDefault();
+      setLabel(selected, LABELS[k - 1]);
+    }
+  });
+  if (explainBox) explainBox.addEventListener("change", render);
+  loadReview();
+} else {
+  refreshDifferential();
+}

@@ -1,0 +1,170 @@
+"""The cells a laboratory gives `hemato adapt`: class folders of images, or the review page's CSV.
+
+Everything that can be refused is refused before any image is decoded (unknown class, too few files, no images);
+then every image is decoded and its cell located, and unreadable images or images without a cell are listed
+and skipped; a class left with fewer than MIN_CELLS usable cells is refused before the backbone runs.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_app.core.crops import NO_CELL
+from edge_app.core.dataset import images_in
+from edge_app.core.frames import as_bgr
+from edge_app.core.image_decode import ImageError, load_image
+from edge_app.core.pipeline import UNCERTAIN
+from edge_app.core.vision import Box, CropSettings, crop_for_model, largest_cell_crop
+
+MIN_CELLS = 3
+# name.crop.jpg / name.crop.png: the model's input itself (as the review page's zip holds them), used as it is
+CROP_MARK = ".crop"
+TRUE = {"1", "yes", "true", "y", "reviewed"}
+
+
+class CellsError(ValueError):
+    """The cells cannot be used for adaptation; the message says what to fix."""
+
+
+@dataclass
+class CellPlan:
+    """One cell to read: an image, the box of the cell in it (None: locate the largest), its class."""
+
+    path: Path
+    label: str
+    box: Box | None = None
+
+
+@dataclass
+class CellSet:
+    """Model inputs of the usable cells with their classes; what was skipped and why."""
+
+    crops: list[np.ndarray] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def counts(self, labels: list[str]) -> dict[str, int]:
+        return {label: self.labels.count(label) for label in labels}
+
+
+def _check_classes(found: dict[str, int], labels: list[str], what: str) -> None:
+    unknown = sorted(set(found) - set(labels))
+    if unknown:
+        raise CellsError(f"{what}: {', '.join(unknown)} not a class of this model (its classes: {', '.join(labels)})")
+    few = {label: found.get(label, 0) for label in labels if found.get(label, 0) < MIN_CELLS}
+    if few:
+        listed = ", ".join(f"{label} {count}" for label, count in few.items())
+        raise CellsError(f"{what}: every class needs at least {MIN_CELLS} cells; too few: {listed}")
+
+
+def plan_folder(root: Path, labels: list[str]) -> list[CellPlan]:
+    """ROOT/<CLASS>/*image* as cells to read; CellsError for unknown classes, missing images or too few."""
+    root = Path(root)
+    folders = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    if not folders:
+        raise CellsError(f"{root}: expected one folder per class ({root}/{labels[0]}/*.jpg, ...)")
+    plans = [CellPlan(path, d.name) for d in folders for path in images_in(d)]
+    if not plans:
+        raise CellsError(f"{root}: no images (.jpg .png ...) in its class folders")
+    _check_classes({d.name: len(images_in(d)) for d in folders}, labels, str(root))
+    return plans
+
+
+def _resolve(source: str, base: Path) -> Path:
+    path = Path(source).expanduser()
+    return path if path.is_absolute() or path.exists() else base / path
+
+
+def plan_csv(path: Path, labels: list[str]) -> list[CellPlan]:
+    """The reviewed rows of a review export (source, x0..y1, label, reviewed) as cells to read."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns = set(reader.fieldnames or [])
+        rows = list(reader)
+    needed = {"source", "label", "x0", "y0", "x1", "y1"}
+    if not needed <= columns:
+        raise CellsError(f"{path}: not a review export (columns {', '.join(sorted(needed - columns))} missing)")
+    if "reviewed" not in columns:
+        raise CellsError(f"{path}: no 'reviewed' column: these are the model's own answers; review the cells "
+                         "first (hemato serve --review CSV, then 'Export reviewed cells')")
+    plans = []
+    for row in rows:
+        if row.get("error") or row["reviewed"].strip().lower() not in TRUE or row["label"] in ("", UNCERTAIN):
+            continue
+        box = Box(*(int(float(row[k])) for k in ("x0", "y0", "x1", "y1")), 0)
+        plans.append(CellPlan(_resolve(row["source"].lstrip("'"), path.parent), row["label"], box))
+    if not plans:
+        raise CellsError(f"{path}: no reviewed cells in it")
+    found: dict[str, int] = {}
+    for plan in plans:
+        found[plan.label] = found.get(plan.label, 0) + 1
+    _check_classes(found, labels, str(path))
+    return plans
+
+
+def plan_cells(cells: Path, labels: list[str]) -> list[CellPlan]:
+    """A folder of class folders, or a review export CSV."""
+    cells = Path(cells)
+    if not cells.exists():
+        raise CellsError(f"{cells}: not found")
+    return plan_csv(cells, labels) if cells.is_file() else plan_folder(cells, labels)
+
+
+def read_cell(plan: CellPlan, settings: CropSettings) -> tuple[np.ndarray | None, str]:
+    """(the model input for one planned cell, "") or (None, why it is skipped)."""
+    try:
+        decoded = load_image(plan.path)
+    except ImageError as exc:
+        return None, str(exc)
+    except FileNotFoundError:
+        return None, "file not found"
+    bgr = as_bgr(decoded.image)
+    if plan.path.stem.endswith(CROP_MARK):
+        return cv2.cvtColor(cv2.resize(bgr, (settings.input_size,) * 2, interpolation=cv2.INTER_AREA),
+                            cv2.COLOR_BGR2RGB), ""
+    if plan.box is not None:
+        b, scale = plan.box, decoded.scale  # boxes are in source pixels; huge images are decoded reduced
+        box = Box(*(round(v / scale) for v in (b.x0, b.y0, b.x1, b.y1)), 0)
+        if box.x1 <= box.x0 or box.y1 <= box.y0:
+            return None, "empty box"
+        return crop_for_model(bgr, box, settings.input_size), ""
+    crop, _ = largest_cell_crop(bgr, settings)
+    return (crop, "") if crop is not None else (None, NO_CELL)
+
+
+def load_cells(plans: list[CellPlan], labels: list[str], settings: CropSettings) -> CellSet:
+    """Decode and crop every planned cell; CellsError when a class is left with too few usable cells."""
+    cells = CellSet()
+    for plan in plans:
+        crop, reason = read_cell(plan, settings)
+        if crop is None:
+            cells.skipped.append((str(plan.path), reason))
+            continue
+        cells.crops.append(crop)
+        cells.labels.append(plan.label)
+        cells.sources.append(str(plan.path))
+    counts = cells.counts(labels)
+    few = {label: n for label, n in counts.items() if n < MIN_CELLS}
+    if few:
+        listed = ", ".join(f"{label} {n}" for label, n in few.items())
+        raise CellsError(f"every class needs at least {MIN_CELLS} usable cells; after skipping "
+                         f"{len(cells.skipped)} images, too few: {listed}")
+    return cells
+
+
+def augmented_crops(rgb: np.ndarray, copies: int) -> list[np.ndarray]:
+    """The crop and up to `copies` light variants: mirrored, turned 45 degrees, both (the graph adds 90-degree turns)."""
+    size = rgb.shape[0]
+    turn = cv2.getRotationMatrix2D((size / 2 - 0.5, size / 2 - 0.5), 45, 1.0)
+
+    def rotate(image: np.ndarray) -> np.ndarray:
+        return cv2.warpAffine(image, turn, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+    mirrored = np.ascontiguousarray(rgb[:, ::-1])
+    return [rgb, mirrored, rotate(rgb), rotate(mirrored)][:1 + copies]

@@ -1,0 +1,1 @@
+"""`hemato report`: one self-contained, printable HTML report of a results CSV."""

@@ -1,0 +1,160 @@
+"""`hemato adapt`: a head refitted on a new laboratory's cells, without TensorFlow, and its refusals."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import LABELS, make_smear
+from convert_helpers import STAINS, converted, make_labelled_folder
+from test_no_tensorflow import python_without
+
+# The new laboratory stains eosinophils as the first laboratory stained lymphocytes and the other way round:
+# the base model swaps them, the features still tell them apart.
+SHIFTED = {**STAINS, "EOSINOPHIL": STAINS["LYMPHOCYTE"], "LYMPHOCYTE": STAINS["EOSINOPHIL"]}
+
+
+def lab_folder(root: Path, per_class: int, seed: int, stains: dict = SHIFTED) -> Path:
+    return make_labelled_folder(root, per_class, seed, stains)
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> Path:
+    return converted(tmp_path_factory, "float32")
+
+
+def accuracy(model: Path, folder: Path) -> float:
+    from edge_app.core.crops import file_cell_crop
+    from edge_app.core.dataset import labelled_images
+    from edge_app.core.model import Classifier
+    classifier = Classifier(model, threads=1)
+    right = []
+    for path, label in labelled_images(folder):
+        crop, _ = file_cell_crop(path, classifier.crop_settings)
+        right.append(classifier.labels[int(np.argmax(classifier.predict(crop)))] == label)
+    return float(np.mean(right))
+
+
+def test_adapt_round_trip_without_tensorflow(tmp_path, base_model):
+    cells = lab_folder(tmp_path / "cells", per_class=8, seed=5)
+    (cells / "MONOCYTE" / "broken.jpg").write_bytes(b"not a jpeg")  # listed, skipped
+    cv2.imwrite(str(cells / "MONOCYTE" / "empty.png"), np.full((240, 320, 3), 220, np.uint8))  # no cell
+    held_out = lab_folder(tmp_path / "held_out", per_class=10, seed=6)
+    out = tmp_path / "models" / "adapted.tflite"
+    result = python_without({"tensorflow", "keras"}, tmp_path, f"""
+        import sys
+        from hemato.cli import main
+        status = main(["adapt", {str(cells)!r}, "--model", {str(base_model)!r}, "--out", {str(out)!r},
+                       "--threads", "1"])
+        print("LEAKED", sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")))
+        sys.exit(status)
+    """)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "LEAKED []" in result.stdout
+    assert "skipped" in result.stderr and "broken.jpg" in result.stderr and "empty.png" in result.stderr
+    assert "Cells: EOSINOPHIL 8, LYMPHOCYTE 8, MONOCYTE 8, NEUTROPHIL 8 (2 images skipped)" in result.stdout
+
+    from edge_app.core.metadata import read_model_metadata
+    from edge_app.core.tflite_file import read_dense_head
+    meta = read_model_metadata(out)
+    record = meta["adaptation"]
+    assert record["base_file"] == base_model.name
+    import hashlib
+    assert record["base_sha256"] == hashlib.sha256(base_model.read_bytes()).hexdigest()
+    assert record["cells_per_class"] == {label: 8 for label in LABELS}
+    assert len(record["date"]) == 10 and 0 <= record["cv_accuracy"] <= 1
+    assert meta["labels"] == LABELS and meta["crop"] == read_model_metadata(base_model)["crop"]
+    assert meta["temperature"] > 0 and 0 <= meta["min_confidence"] <= 1
+    # only the head changed: same size, the rest of the graph byte for byte up to the metadata
+    w0, b0 = read_dense_head(base_model.read_bytes())
+    w1, b1 = read_dense_head(out.read_bytes())
+    assert w1.shape == w0.shape and not np.allclose(w1, w0)
+    before, after = accuracy(base_model, held_out), accuracy(out, held_out)
+    assert before < 0.8 and after >= before + 0.2, (before, after)
+    assert record["cv_accuracy"] > record["base_accuracy_on_these_cells"]
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("unknown class", "BASOPHIL not a class of this model"),
+    ("too few", "at least 3 cells; too few: MONOCYTE 2"),
+    ("no images", "no images"),
+    ("not reviewed", "no 'reviewed' column"),
+    ("too few usable", "too few: NEUTROPHIL 2"),
+])
+def test_refusals_come_before_any_work(problem, expected, tmp_path, base_model, capsys):
+    from hemato.cli import main
+    cells = tmp_path / "cells"
+    if problem == "no images":
+        for label in LABELS:
+            (cells / label).mkdir(parents=True)
+    else:
+        lab_folder(cells, per_class=3, seed=1)
+    if problem == "unknown class":
+        (cells / "BASOPHIL").mkdir()
+        cv2.imwrite(str(cells / "BASOPHIL" / "a.png"), make_smear())
+    if problem == "too few":
+        (cells / "MONOCYTE" / "monocyte_000.png").unlink()
+    if problem == "too few usable":
+        (cells / "NEUTROPHIL" / "neutrophil_000.png").write_bytes(b"garbage")
+    if problem == "not reviewed":
+        cells = tmp_path / "results.csv"
+        cells.write_text("source,frame,cell,label,x0,y0,x1,y1\nx.png,0,0,MONOCYTE,0,0,10,10\n")
+    out = tmp_path / "adapted.tflite"
+    status = main(["adapt", str(cells), "--model", str(base_model), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2 and expected in err, err
+    assert "features of" not in err  # refused before the backbone ran
+    assert not out.exists()
+
+
+def test_review_export_csv_is_read_with_its_boxes(tmp_path, base_model, capsys):
+    from hemato.cli import main
+    frames = lab_folder(tmp_path / "frames", per_class=4, seed=8)
+    from edge_app.core.vision import CropSettings, locate_cells
+    rows = []
+    for label in LABELS:
+        for i, path in enumerate(sorted((frames / label).iterdir())):
+            box = locate_cells(cv2.imread(str(path)), CropSettings(input_size=32))[0]
+            rows.append({"source": str(path.relative_to(tmp_path)), "frame": 0, "cell": 0, "label": label,
+                         "x0": box.x0, "y0": box.y0, "x1": box.x1, "y1": box.y1, "error": "",
+                         "reviewed": "yes" if i < 3 else ""})
+    export = tmp_path / "reviewed.csv"
+    with open(export, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "adapted.tflite"
+    assert main(["adapt", str(export), "--model", str(base_model), "--out", str(out), "--copies", "0"]) == 0
+    assert "Cells: EOSINOPHIL 3, LYMPHOCYTE 3, MONOCYTE 3, NEUTROPHIL 3" in capsys.readouterr().out
+    from edge_app.core.metadata import read_model_metadata
+    assert read_model_metadata(out)["adaptation"]["cells_per_class"]["MONOCYTE"] == 3
+
+
+def test_metadata_rewrite_keeps_the_model_loadable(base_model):
+    from edge_app.core.metadata import read_tflite_metadata
+    from edge_app.core.tflite_file import with_metadata
+    data = with_metadata(base_model.read_bytes(), {"labels": LABELS, "note": "x" * 10_000})
+    assert json.loads(read_tflite_metadata(data)["hemato_edge"])["note"] == "x" * 10_000
+    from ai_edge_litert.interpreter import Interpreter
+    Interpreter(model_content=data).allocate_tensors()
+
+
+def test_colour_guard_is_recentred_on_the_laboratory(tmp_path):
+    from edge_app.adapt.adapt import lab_colour_guard
+    from edge_app.core.ood import ColourGuard
+    from edge_app.core.vision import CropSettings, crop_statistics
+    settings = CropSettings(input_size=32)
+    rng = np.random.default_rng(0)
+    base_crops = [np.clip(rng.normal(120, 20, (32, 32, 3)), 0, 255).astype(np.uint8) for _ in range(40)]
+    lab_crops = [np.clip(rng.normal(200, 10, (32, 32, 3)), 0, 255).astype(np.uint8) for _ in range(12)]
+    stats = np.array([crop_statistics(c, settings) for c in base_crops])
+    base = ColourGuard.fit(stats, stats)
+    lab_stats = np.array([crop_statistics(c, settings) for c in lab_crops])
+    assert all(base.is_unusual(s) for s in lab_stats)  # the base guard flags every cell of the new laboratory
+    refitted = ColourGuard.from_dict(lab_colour_guard(base.to_dict(), lab_crops, settings))
+    assert not any(refitted.is_unusual(s) for s in lab_stats)
+    assert lab_colour_guard(None, lab_crops, settings) is None
