@@ -401,3 +401,11 @@ def test_canonical_scale_keeps_the_sharper_laboratory_and_reaches_the_model(tmp_
     drawn_large = 2 * int(360 * 0.08)  # make_smear's red cells: radius 8 % of the short side
     assert diameter == pytest.approx(drawn_large, rel=0.1)
     assert short_side == pytest.approx(360, rel=0.1)  # both sources' frames, at that scale
+
+
+def test_a_laboratory_seen_only_in_test_is_left_out_of_training(tmp_path):
+    """Leave-one-lab-out: the held-out laboratory's rows are all TEST, and the run still trains."""
+    lab_a = write_dataset(tmp_path / "lab-a", 8, 0)
+    lab_b = write_dataset(tmp_path / "lab-b", 0, 3)
+    report = _train([lab_a, lab_b], tmp_path / "run", finetune_epochs=0, augmented_copies=0)
+    assert set(report["splits"]["test"]["by_source"]) == {"lab-b"}

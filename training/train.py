@@ -145,6 +145,8 @@ def assign_groups(frame: pd.DataFrame, labels: np.ndarray, config: TrainConfig,
     names = np.empty(len(frame), dtype=object)
     for source in frame["source"].unique():
         idx = train_idx[(frame["source"].to_numpy()[train_idx] == source)]
+        if len(idx) == 0:
+            continue  # a source used only for validation or TEST
         given = frame["group"].iloc[idx]
         if given.notna().any():
             names[idx] = given.fillna(frame["filepath"].iloc[idx]).to_numpy()
