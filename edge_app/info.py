@@ -70,8 +70,10 @@ def describe(path: Path, meta: dict[str, Any]) -> list[str]:
                  "answered UNCERTAIN" if threshold else "Threshold: none: every cell is answered")
     lines.append(f"Calibration: temperature {meta.get('temperature', 1.0)} (probabilities are softmax(logits / T))")
     ood = meta.get("ood")
-    lines.append(f"Colour guard: yes ({ood.get('kind', '?')}, a crop farther than {ood.get('max_distance', '?')} "
-                 "from the training crops' colours is answered UNCERTAIN)" if ood else "Colour guard: none")
+    regions = ood.get("regions", [ood]) if ood else []
+    labs = ", ".join(r.get("source") or "training" for r in regions)
+    lines.append(f"Colour guard: a crop whose colours are unlike every training laboratory's ({labs}) is answered "
+                 "UNCERTAIN" if ood else "Colour guard: none")
     if meta.get("float_layers") or meta.get("bias_corrected_layers") or meta.get("feature_correction"):
         quant = []
         if meta.get("float_layers"):
@@ -83,14 +85,18 @@ def describe(path: Path, meta: dict[str, Any]) -> list[str]:
         lines.append(f"Quantisation: {'; '.join(quant)}")
     calibration = meta.get("calibration")
     if isinstance(calibration, dict) and calibration.get("count"):
-        lines.append(f"Quantisation calibration: {calibration['count']} crops from {calibration.get('folder', '?')}")
+        folders = calibration.get("folders") or [calibration.get("folder", "?")]
+        lines.append(f"Quantisation calibration: {calibration['count']} crops from {', '.join(map(str, folders))}")
     training = meta.get("training", {})
     config = training.get("config", {})
     if config:
         lines.append("Training: " + ", ".join(f"{k} {','.join(map(str, config[k])) if isinstance(config[k], list) else config[k]}"
                                               for k in TRAINING_KEYS if k in config))
-    if training.get("source"):
-        lines.append(f"Training data: {training['source']}")
+    if training.get("source") or training.get("sources"):
+        lines.append(f"Training data: {', '.join(training.get('sources') or [training['source']])}")
+    if training.get("images_per_source"):
+        lines.append("Training images per laboratory: "
+                     + ", ".join(f"{k} {v}" for k, v in training["images_per_source"].items()))
     if meta.get("source_sha256"):
         lines.append(f"Converted from: a model with sha256 {meta['source_sha256']}")
     dates = [(k, v) for section in (meta, training) for k, v in section.items() if k in DATE_KEYS]

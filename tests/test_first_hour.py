@@ -16,6 +16,7 @@ import pytest
 
 from conftest import LABELS, make_smear
 from edge_app.core.dataset import images_in, labelled_images
+from edge_app.core.metadata import read_model_metadata
 from edge_app.core.model import runtime_info_filtered
 from edge_app.core.model_path import DEFAULT_MODEL_NAME, MODELS_PACKAGE, find_model
 from edge_app.core.overlay import label_origin
@@ -192,10 +193,12 @@ def test_help_says_what_the_tool_does(capsys):
 def test_info_describes_the_shipped_model(capsys):
     assert hemato(["info", str(SHIPPED)]) == 0
     text = capsys.readouterr().out
-    assert "Classes (4): EOSINOPHIL, LYMPHOCYTE, MONOCYTE, NEUTROPHIL" in text
+    meta = read_model_metadata(SHIPPED)
+    assert f"Classes ({len(meta['labels'])}): {', '.join(meta['labels'])}" in text
     assert "Input: one RGB crop of 224 x 224 px" in text and "Crop: " in text
-    assert "Scale: frames are resampled so that red cells are 41.54 px across" in text
-    assert "Threshold: 98.57 %" in text and "temperature 0.9141" in text and "Colour guard: yes" in text
+    assert f"Scale: frames are resampled so that red cells are {meta['crop']['rbc_diameter_px']} px across" in text
+    assert f"Threshold: {100 * meta['min_confidence']:.2f} %" in text and f"temperature {meta['temperature']}" in text
+    assert "Colour guard: a crop whose colours are unlike every training laboratory's" in text
     assert "sha256 " in text and "Training: folds 5" in text and "Training data: " in text
     assert hemato(["info", "/nowhere/m.tflite"]) == 2
     assert "hemato info: error: model file not found" in capsys.readouterr().err
