@@ -1,6 +1,7 @@
 """Store a model's red-cell scale in .tflite files already converted, without converting them again.
 
-`python -m convert.set_rbc_scale MODEL... --split models/training_report/split.csv` measures the median
+(for a model converted before models carried their scale; training now stores it itself)
+`python -m convert.set_rbc_scale MODEL... --split TRAINING_SPLIT.csv` measures the median
 red-cell diameter over the training images (rows with split train or val; paths relative to the CSV)
 and writes it, with the reference short side, into each model's crop settings. Only the metadata
 bytes change (convert.metadata_writer.rewrite_metadata). `--diameter PX` skips the measurement.
