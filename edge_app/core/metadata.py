@@ -69,17 +69,21 @@ class _Table:
         return out
 
 
+def metadata_buffers(model: _Table) -> list[tuple[str, _Table]]:
+    """(name, Buffer table) of each metadata entry of a TFLite Model table."""
+    buffers = model.tables(_MODEL_BUFFERS)
+    return [((meta.bytes_field(_METADATA_NAME) or b"").decode("utf-8", "replace"),
+             buffers[meta.scalar(_METADATA_BUFFER, "<I")]) for meta in model.tables(_MODEL_METADATA)]
+
+
 def metadata_spans(model_bytes: bytes) -> dict[str, tuple[int, int]]:
     """Where each metadata entry of a TFLite flatbuffer lies in it: {name: (start, length)}."""
     if len(model_bytes) < 8 or model_bytes[4:8] != b"TFL3":
         raise ModelFileError("not a TFLite model (no TFL3 identifier)")
     try:
         model = _Table(model_bytes, struct.unpack_from("<I", model_bytes, 0)[0])
-        buffers = model.tables(_MODEL_BUFFERS)
         spans = {}
-        for meta in model.tables(_MODEL_METADATA):
-            name = (meta.bytes_field(_METADATA_NAME) or b"").decode("utf-8", "replace")
-            buffer = buffers[meta.scalar(_METADATA_BUFFER, "<I")]
+        for name, buffer in metadata_buffers(model):
             span = buffer.bytes_span(_BUFFER_DATA)
             offset = buffer.scalar(_BUFFER_OFFSET, "<Q")
             if not (span and span[1]) and offset > 1:

@@ -15,15 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from edge_app.core.metadata import FORMAT, METADATA_NAME, ModelFileError, _Table
+from edge_app.core.metadata import _MODEL_BUFFERS, FORMAT, METADATA_NAME, ModelFileError, _Table, metadata_buffers
 
-# Field numbers in the TFLite schema (tensorflow/lite/schema/schema.fbs).
-_MODEL_OPCODES, _MODEL_SUBGRAPHS, _MODEL_BUFFERS, _MODEL_METADATA = 1, 2, 4, 6
+# Field numbers in the TFLite schema (tensorflow/lite/schema/schema.fbs), beside those metadata.py reads.
+_MODEL_OPCODES, _MODEL_SUBGRAPHS = 1, 2
 _SUBGRAPH_TENSORS, _SUBGRAPH_OPERATORS = 0, 3
 _TENSOR_SHAPE, _TENSOR_TYPE, _TENSOR_BUFFER = 0, 1, 2
 _OPERATOR_OPCODE, _OPERATOR_INPUTS = 0, 1
 _OPCODE_DEPRECATED, _OPCODE_BUILTIN = 0, 3
-_METADATA_NAME, _METADATA_BUFFER = 0, 1
 FULLY_CONNECTED, FLOAT32 = 9, 0
 
 
@@ -110,13 +109,9 @@ def with_dense_head(data: bytes, weights: np.ndarray, bias: np.ndarray) -> bytes
 
 def with_metadata(data: bytes, metadata: dict[str, Any]) -> bytes:
     """A copy of the model whose HematoVision metadata is `metadata` (as convert.metadata_writer writes it)."""
-    model = _root(data)
-    buffers = model.tables(_MODEL_BUFFERS)
-    entry = next((m for m in model.tables(_MODEL_METADATA)
-                  if (m.bytes_field(_METADATA_NAME) or b"").decode("utf-8", "replace") == METADATA_NAME), None)
-    if entry is None:
+    buffer = dict(metadata_buffers(_root(data))).get(METADATA_NAME)
+    if buffer is None:
         raise ModelFileError(f"the model has no '{METADATA_NAME}' metadata to replace")
-    buffer = buffers[entry.scalar(_METADATA_BUFFER, "<I")]
     field = buffer._field(0)
     if field is None:
         raise ModelFileError("the model's metadata is not stored inline")
