@@ -19,18 +19,29 @@ def predict_logits(model, crops: np.ndarray, rows: np.ndarray, batch_size: int =
     return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
+def _predictions(rows: np.ndarray, logits_by_row: dict[int, np.ndarray]) -> tuple[list[int], np.ndarray]:
+    """(the rows with a located cell, the predicted class of every row: -1 where no cell was located)."""
+    located = [r for r in rows if r in logits_by_row]
+    pred = np.array([int(np.argmax(logits_by_row[r])) if r in logits_by_row else -1 for r in rows])
+    return located, pred
+
+
+def _answers(after: np.ndarray, y: np.ndarray, threshold: float) -> dict:
+    """ECE after temperature, and the share answered and its accuracy at the threshold."""
+    coverage, answered_accuracy = calibration.coverage_at(after, y, threshold)
+    return {"ece_after": round(calibration.expected_calibration_error(after, y), 4),
+            "coverage_at_threshold": round(coverage, 4),
+            "accuracy_answered_at_threshold": None if answered_accuracy is None else round(answered_accuracy, 4)}
+
+
 def _source_report(rows: np.ndarray, y: np.ndarray, logits_by_row: dict[int, np.ndarray], temperature: float,
                    threshold: float) -> dict:
     """Accuracy (unlocated images count as wrong), ECE and coverage at the threshold of one source's rows."""
-    located = [r for r in rows if r in logits_by_row]
-    pred = np.array([int(np.argmax(logits_by_row[r])) if r in logits_by_row else -1 for r in rows])
+    located, pred = _predictions(rows, logits_by_row)
     part = {"n": int(len(rows)), "accuracy": round(float(np.mean(pred == y[rows])), 4)}
     if located:
-        after = softmax(np.stack([logits_by_row[r] for r in located]), temperature)
-        coverage, answered_accuracy = calibration.coverage_at(after, y[located], threshold)
-        part.update(ece_after=round(calibration.expected_calibration_error(after, y[located]), 4),
-                    coverage_at_threshold=round(coverage, 4),
-                    accuracy_answered_at_threshold=None if answered_accuracy is None else round(answered_accuracy, 4))
+        part.update(_answers(softmax(np.stack([logits_by_row[r] for r in located]), temperature), y[located],
+                             threshold))
     return part
 
 
@@ -38,21 +49,17 @@ def _split_report(name: str, rows: np.ndarray, y: np.ndarray, logits_by_row: dic
                   labels: list[str], temperature: float, threshold: float,
                   out_dir: Path, sources: np.ndarray) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
     """Metrics and calibration of one split's rows, and its risk-coverage curve (coverage, answered accuracy)."""
-    located = [r for r in rows if r in logits_by_row]
+    located, pred = _predictions(rows, logits_by_row)
     y_all = y[rows]
-    pred = np.array([int(np.argmax(logits_by_row[r])) if r in logits_by_row else -1 for r in rows])
     report = classification_report(y_all, pred, labels)
     report["n_located"] = len(located)
     report["accuracy_located"] = round(float(np.mean(pred[pred >= 0] == y_all[pred >= 0])), 4) if located else None
     logits = np.stack([logits_by_row[r] for r in located])
     y_loc = y[located]
     before, after = softmax(logits), softmax(logits, temperature)
-    coverage, answered_accuracy = calibration.coverage_at(after, y_loc, threshold)
     report["calibration"] = {
         "ece_before": round(calibration.expected_calibration_error(before, y_loc), 4),
-        "ece_after": round(calibration.expected_calibration_error(after, y_loc), 4),
-        "coverage_at_threshold": round(coverage, 4),
-        "accuracy_answered_at_threshold": None if answered_accuracy is None else round(answered_accuracy, 4),
+        **_answers(after, y_loc, threshold),
         "reliability_before": calibration.reliability_bins(before, y_loc),
         "reliability_after": calibration.reliability_bins(after, y_loc),
     }
