@@ -13,6 +13,7 @@ from typing import Any
 
 from edge_app.core.metadata import ModelFileError, read_model_metadata
 from edge_app.core.model_path import MODEL_HELP, find_model
+from edge_app.core.ood import ColourGuard
 from edge_app.core.wording import threshold_text
 
 # Training settings worth a line, in this order (the rest is in the metadata: hemato info --json).
@@ -70,8 +71,8 @@ def describe(path: Path, meta: dict[str, Any]) -> list[str]:
                  "answered UNCERTAIN" if threshold else "Threshold: none: every cell is answered")
     lines.append(f"Calibration: temperature {meta.get('temperature', 1.0)} (probabilities are softmax(logits / T))")
     ood = meta.get("ood")
-    regions = ood.get("regions", [ood]) if ood else []
-    labs = ", ".join(r.get("source") or "training" for r in regions)
+    guard = ColourGuard.from_dict(ood)
+    labs = ", ".join(r.source or "training" for r in guard.regions) if guard else ""
     lines.append(f"Colour guard: a crop whose colours are unlike every training laboratory's ({labs}) is answered "
                  "UNCERTAIN" if ood else "Colour guard: none")
     if meta.get("float_layers") or meta.get("bias_corrected_layers") or meta.get("feature_correction"):
