@@ -20,6 +20,12 @@ from benchmarks.machine import cpu_temperature_c, describe_machine, load_average
 from hemato.argtypes import positive_int
 
 REFERENCE_RUNS = 200
+# The standard models (python -m benchmarks.reference_models) and XNNPACK's published latency of the
+# float32 one on a Raspberry Pi 4 (4 threads): this machine's ratio to it gives a Pi estimate.
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+STANDARD_FLOAT32 = "mobilenetv2_224_float32.tflite"
+PI4_STANDARD_FLOAT32_MS = 47.0
+PI4_SOURCE = "XNNPACK's published figure for float32 MobileNetV2 on a Raspberry Pi 4, 4 threads"
 VARIANT_ORDER = ("float32", "float16", "dynamic", "int8")
 SUFFIX_VARIANTS = {"float32": "float32", "fp32": "float32", "f32": "float32", "float16": "float16",
                    "fp16": "float16", "f16": "float16", "dynamic": "dynamic", "drq": "dynamic",
@@ -37,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                   "--pipeline-data (default: samples/, here or in the repository)")
     parser.add_argument("--no-data", action="store_true", help="no labelled images: synthetic crops for timing, "
                                                                 "no accuracy, no pipeline table")
-    parser.add_argument("--threads", type=positive_int, nargs="+", default=sorted({1, cores}),
-                        help=f"interpreter thread counts to measure (default: 1 and all cores, here {cores})")
+    parser.add_argument("--threads", type=positive_int, nargs="+", default=sorted({1, min(2, cores), cores}),
+                        help=f"interpreter thread counts to measure (default: 1, 2 and all cores, here {cores})")
     parser.add_argument("--runs", type=positive_int, default=REFERENCE_RUNS,
                         help=f"timed invokes per model and thread count (default and reference: {REFERENCE_RUNS})")
     parser.add_argument("--warmup", type=int, default=20, help="untimed invokes before timing (default: 20)")
@@ -54,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline-threads", type=positive_int, default=None,
                         help="threads for the pipeline table (default: the largest --threads)")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the whole-pipeline table")
+    parser.add_argument("--reference", type=Path, default=REFERENCE_DIR,
+                        help="folder of the standard MobileNetV2 models timed for the Raspberry Pi estimate "
+                             "(default: benchmarks/reference; build them with python -m benchmarks.reference_models)")
+    parser.add_argument("--no-reference", action="store_true", help="do not time the standard models")
     parser.add_argument("--out-dir", type=Path, help="write NAME.md, NAME.json and NAME.png here "
                                                      "(e.g. benchmarks/results)")
     parser.add_argument("--name", default="bench", help="file name stem for --out-dir (default: bench)")
@@ -161,6 +171,7 @@ def _check(args: argparse.Namespace, notes: list[str]) -> list[dict[str, Any]]:
         if args.data is not None:
             _note(notes, f"no --data: accuracy and the pipeline table use the {len(labelled_images(args.data))} "
                          f"sample images in {args.data} (too few to compare models; give --data for that)")
+    models += [] if args.no_reference else reference_models(args.reference, notes)
     if args.data:
         labelled_images(args.data)
     folder = args.pipeline_data or args.data
@@ -180,6 +191,48 @@ def _check(args: argparse.Namespace, notes: list[str]) -> list[dict[str, Any]]:
     return models
 
 
+def reference_models(folder: Path, notes: list[str]) -> list[dict[str, Any]]:
+    """The standard MobileNetV2 files found in `folder` (no metadata: timed bare), with a note for those absent."""
+    from benchmarks.reference_models import FILES
+    found = []
+    for variant, name in FILES.items():
+        path = folder / name
+        if path.is_file():
+            found.append({"name": name, "path": str(path), "variant": variant, "base": base_name(path),
+                          "size_bytes": path.stat().st_size, "reference": True})
+        else:
+            _note(notes, f"standard model {name} not in {folder}: build it with "
+                         "`python -m benchmarks.reference_models` (needs TensorFlow)"
+                  + ("; no Raspberry Pi estimate without it" if name == STANDARD_FLOAT32 else ""))
+    return found
+
+
+def add_pi_estimate(models: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Each (model, threads): p50 / the standard float32's p50 at the same thread count, and that ratio times
+    the Pi 4's published 47 ms; None when the standard float32 was not measured."""
+    standard = next((m for m in models if m["name"] == STANDARD_FLOAT32 and m.get("results")), None)
+    if standard is None:
+        return None
+    base = {r["threads"]: r["latency_ms"]["p50"] for r in standard["results"]}
+    for m in models:
+        for r in m.get("results", []):
+            if r["threads"] in base:
+                r["vs_standard_float32"] = r["latency_ms"]["p50"] / base[r["threads"]]
+                r["pi4_estimate_ms"] = r["vs_standard_float32"] * PI4_STANDARD_FLOAT32_MS
+    return {"standard": STANDARD_FLOAT32, "pi4_standard_float32_ms": PI4_STANDARD_FLOAT32_MS, "source": PI4_SOURCE}
+
+
+def fastest_threads(models: list[dict[str, Any]], path: Path | None) -> dict[str, Any] | None:
+    """The thread count with the lowest p50 for one cell at a time on this machine, for the pipeline's model."""
+    model = next((m for m in models if path is not None and Path(m["path"]).resolve() == path.resolve()), None)
+    if model is None or not model.get("results"):
+        return None
+    best = min(model["results"], key=lambda r: r["latency_ms"]["p50"])
+    from edge_app.core.model import default_threads
+    return {"model": model["name"], "threads": best["threads"], "p50_ms": best["latency_ms"]["p50"],
+            "run_default": default_threads()}
+
+
 def _measure_models(models: list[dict[str, Any]], args: argparse.Namespace, notes: list[str]) -> bool:
     """Run every (model, threads, round) job in its own process; fill models[i]["results"]; False on a failure."""
     threads = sorted(set(args.threads))
@@ -191,7 +244,9 @@ def _measure_models(models: list[dict[str, Any]], args: argparse.Namespace, note
         if m.get("error"):
             continue
         argv = [m["path"], "--threads", str(t), "--runs", str(args.runs), "--warmup", str(args.warmup)]
-        if args.data:
+        if m.get("reference"):
+            argv.append("--bare")
+        elif args.data:
             argv += ["--data", str(args.data)]
             if t == threads[-1] and rnd == 0:
                 argv += ["--accuracy"] + (["--max-images", str(args.max_images)] if args.max_images else [])
@@ -217,15 +272,22 @@ def _measure_models(models: list[dict[str, Any]], args: argparse.Namespace, note
     return ok
 
 
+def pipeline_model(models: list[dict[str, Any]], args: argparse.Namespace) -> Path:
+    """--pipeline-model, else our int8 file, else the first model."""
+    ours = [m for m in models if not m.get("reference")]
+    return args.pipeline_model or Path(next((m for m in ours if m["variant"] == "int8"), ours[0])["path"])
+
+
 def _measure_pipeline(models: list[dict[str, Any]], args: argparse.Namespace) -> tuple[dict | None, str]:
     """The whole-pipeline measurement in its own process, with its ratio to the bare model; (result, why not)."""
+    from edge_app.core.model import default_threads
     folder = args.pipeline_data or args.data
     if args.no_pipeline:
         return None, "--no-pipeline"
     if not folder:
         return None, "give --data or --pipeline-data (a folder of images)"
-    model = args.pipeline_model or Path(next((m for m in models if m["variant"] == "int8"), models[0])["path"])
-    threads = args.pipeline_threads or max(args.threads)
+    model = pipeline_model(models, args)
+    threads = args.pipeline_threads or default_threads()
     argv = [str(model), str(folder), "--threads", str(threads)]
     argv += ["--max-images", str(args.max_images)] if args.max_images else []
     print(f"[pipeline] {model.name}, {threads} thread(s) over {folder}", file=sys.stderr)
@@ -276,6 +338,8 @@ def main(args: argparse.Namespace) -> int:
                      "max_images": args.max_images, "input": ", ".join(inputs) or "–",
                      "isolation": "one process per model, thread count and round"},
         "models": models, "pipeline": pipeline, "pipeline_skipped": skipped, "notes": notes,
+        "pi_estimate": add_pi_estimate(models),
+        "fastest_threads": fastest_threads(models, pipeline_model(models, args)),
     }
     json_path, md_path, plot_path = _outputs(args)
     why = report.write_plot(result, plot_path) if plot_path else "no plot file asked for"

@@ -161,6 +161,51 @@ def measure(model: Path, threads: int, runs: int, warmup: int, data: Path | None
     return result
 
 
+class BareModel:
+    """A .tflite without HematoVision metadata (the standard reference models), timed like a Classifier."""
+
+    def __init__(self, path: Path, threads: int):
+        from edge_app.core.model import interpreter_class
+        interpreter, self.runtime = interpreter_class()
+        self.name = Path(path).name
+        self._interp = interpreter(model_path=str(path), num_threads=threads)
+        self._interp.allocate_tensors()
+        self._in, self._out = self._interp.get_input_details()[0], self._interp.get_output_details()[0]
+        self.input_size = int(self._in["shape"][1])
+        self.input_dtype = np.dtype(self._in["dtype"]).name
+        self.output_dtype = np.dtype(self._out["dtype"]).name
+
+    def raw_outputs(self, rgb: np.ndarray) -> np.ndarray:
+        self._interp.set_tensor(self._in["index"], rgb[None].astype(self._in["dtype"]))
+        self._interp.invoke()
+        return self._interp.get_tensor(self._out["index"])[0]
+
+
+def measure_bare(model: Path, threads: int, runs: int, warmup: int) -> dict[str, Any]:
+    """Load, warm-up and latency of a model without metadata, on a synthetic crop (no accuracy)."""
+    from edge_app.core.model import interpreter_class
+    interpreter_class()
+    gc.collect()
+    baseline = current_rss_bytes() or peak_rss_bytes()
+    start = time.perf_counter_ns()
+    bare = BareModel(model, threads)
+    load_ms = (time.perf_counter_ns() - start) / 1e6
+    crops = [synthetic_crop(bare.input_size)]
+    start = time.perf_counter_ns()
+    bare.raw_outputs(crops[0])
+    first_ms = (time.perf_counter_ns() - start) / 1e6
+    for _ in range(max(warmup - 1, 0)):
+        bare.raw_outputs(crops[0])
+    samples = time_invokes(bare, crops, runs)
+    peak = peak_rss_bytes()
+    stats = summarise(samples)
+    return {"model": str(model), "threads": threads, "runtime": bare.runtime, "input_dtype": bare.input_dtype,
+            "output_dtype": bare.output_dtype, "input_size": bare.input_size, "input": "synthetic crop",
+            "load_ms": load_ms, "first_invoke_ms": first_ms, "warmup": warmup, "latency_ms": stats,
+            "fps": 1000.0 / stats["mean"], "samples_ms": samples, "peak_rss_bytes": peak,
+            "baseline_rss_bytes": baseline, "rss_delta_bytes": peak - baseline}
+
+
 def run_isolated(module: str, argv: list[str]) -> dict[str, Any]:
     """Run `python -m module argv` in a fresh interpreter and return the JSON it prints last on stdout."""
     env = dict(os.environ)
@@ -182,6 +227,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, help="labelled folder: real crops, and accuracy with --accuracy")
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--accuracy", action="store_true", help="also classify every labelled image in --data")
+    parser.add_argument("--bare", action="store_true", help="a model without HematoVision metadata: latency only")
     return parser
 
 
@@ -190,7 +236,8 @@ def worker(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from edge_app.core.metadata import ModelFileError
     try:
-        result = measure(args.model, args.threads, args.runs, args.warmup, args.data, args.max_images, args.accuracy)
+        result = measure_bare(args.model, args.threads, args.runs, args.warmup) if args.bare else \
+            measure(args.model, args.threads, args.runs, args.warmup, args.data, args.max_images, args.accuracy)
     except (ModelFileError, ValueError, RuntimeError) as exc:
         print(f"benchmarks.latency: error: {exc}", file=sys.stderr)
         return 2

@@ -10,8 +10,10 @@ MB = 1e6
 MODEL_COLUMNS = ["model", "variant", "threads", "size MB", "accuracy", "load ms", "p50 ms", "p95 ms", "p99 ms",
                  "mean ms", "FPS", "speed-up vs float32", "peak RSS MB"]
 PIPELINE_STAGES = ("decode", "scale", "localise", "preprocess", "invoke", "write")
-PIPELINE_COLUMNS = ["model", "threads", "images", "cells", *PIPELINE_STAGES,
-                    "other", "total ms/image", "images/s", "bare model images/s", "pipeline / bare"]
+PIPELINE_COLUMNS = ["model", "threads", "images", "cells", "start-up ms", *PIPELINE_STAGES,
+                    "other", "total ms/image", "images/s", "bare model images/s", "pipeline / bare", "peak RSS MB"]
+PI_COLUMNS = ["model", "variant", "threads", "p50 ms here", "× standard float32", "Pi 4 estimate ms",
+              "Pi 4 estimate cells/s"]
 
 
 def _ms(value: float | None) -> str:
@@ -69,11 +71,23 @@ def pipeline_row(p: dict[str, Any]) -> list[str]:
     """The Markdown row of the whole-pipeline measurement."""
     s = p["stage_mean_ms"]
     ratio = p.get("pipeline_over_bare")
-    return [Path(p["model"]).name, str(p["threads"]), str(p["images"]), str(p["cells"])] \
+    return [Path(p["model"]).name, str(p["threads"]), str(p["images"]), str(p["cells"]), _ms(p.get("startup_ms"))] \
         + [_ms(s.get(k)) for k in PIPELINE_STAGES] \
         + [_ms(p["other_ms"]), _ms(p["total_ms"]["mean"]), f"{p['images_per_s']:.1f}",
            f"{p['bare_images_per_s']:.1f}" if p.get("bare_images_per_s") else "–",
-           f"{ratio:.2f}" if ratio else "–"]
+           f"{ratio:.2f}" if ratio else "–", f"{p['peak_rss_bytes'] / MB:.1f}"]
+
+
+def pi_rows(result: dict[str, Any]) -> list[list[str]]:
+    """One row per (model, threads) with its ratio to the standard float32 model and the Pi 4 estimate."""
+    rows = []
+    for model in result["models"]:
+        for run in model["results"]:
+            if run.get("pi4_estimate_ms"):
+                rows.append([model["name"], model["variant"], str(run["threads"]), _ms(run["latency_ms"]["p50"]),
+                             f"{run['vs_standard_float32']:.3f}", _ms(run["pi4_estimate_ms"]),
+                             f"{1000 / run['pi4_estimate_ms']:.1f}"])
+    return rows
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -96,20 +110,38 @@ def to_markdown(result: dict[str, Any]) -> str:
                  if has_reference else "")
               + "Peak RSS is the whole process (Python, NumPy, OpenCV, runtime, model); in brackets its rise over "
               "the same process just before the model was loaded. MB = 10^6 bytes."]
+    fastest = result.get("fastest_threads")
+    if fastest:
+        lines += ["", f"Threads: one cell at a time, {fastest['model']} is fastest here at {fastest['threads']} "
+                      f"thread(s) (p50 {_ms(fastest['p50_ms'])} ms); `hemato run` uses {fastest['run_default']} by "
+                      "default (`--threads`)."]
+    if any(m.get("reference") for m in result["models"]):
+        lines += ["", "mobilenetv2_224_*: the standard MobileNetV2 1.0 at 224 (whole backbone, one view; "
+                      "`python -m benchmarks.reference_models`), timed on a synthetic crop."]
     accuracies = [(m["name"], m["accuracy"]) for m in result["models"] if m.get("accuracy")]
     if accuracies:
         lines += ["", f"Accuracy: top-1 of the largest located cell of each labelled image in "
                       f"`{accuracies[0][1]['data']}`; an image with no located cell counts as wrong.", ""]
         lines += [f"- {name}: {a['correct']}/{a['n']} correct, {a['located']} located ({_pct(a['accuracy'])})"
                   for name, a in accuracies]
+    pi = result.get("pi_estimate")
+    lines += ["", "## Raspberry Pi 4: an estimate, not a measurement", ""]
+    if pi:
+        lines += [f"Each model's p50 here as a multiple of the standard float32 MobileNetV2's ({pi['standard']}) at "
+                  f"the same thread count, times {pi['pi4_standard_float32_ms']:g} ms ({pi['source']}). It assumes "
+                  "the Pi's Cortex-A72 speeds up int8 against float32 as this CPU does; measure on the Pi to know.", ""]
+        lines += _table(PI_COLUMNS, pi_rows(result), numeric_from=2)
+    else:
+        lines.append("Not estimated: the standard float32 MobileNetV2 was not measured (see the notes).")
     p = result.get("pipeline")
     lines += ["", "## Pipeline (`hemato run`)", ""]
     if p:
         lines += _table(PIPELINE_COLUMNS, [pipeline_row(p)], numeric_from=1)
-        lines += ["", f"Mean ms per image and stage over `{p['folder']}` (after {p['warmup_images']} warm-up images; "
-                      f"{p['images_without_cell']} images without a cell, {p['failed']} unreadable). Invoke covers "
-                      "every cell of the image; other = loop overhead outside the stages. pipeline / bare = "
-                      "pipeline images/s over the bare model's FPS at the same thread count."]
+        lines += ["", f"Mean ms per image and stage over `{p['folder']}` ({p['images_without_cell']} images without a "
+                      f"cell, {p['failed']} unreadable). Invoke covers every cell of the image; other = loop overhead "
+                      "outside the stages. images/s counts the start-up (model load), as a folder run pays it; "
+                      "pipeline / bare = that over the bare model's FPS at the same thread count. Peak RSS: the "
+                      "whole process."]
     else:
         lines.append("Not measured: " + result.get("pipeline_skipped", "no image folder given"))
     if result.get("notes"):

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_app.core.dataset import labelled_images
+from edge_app.core.dataset import labelled_images, split_rows
 from edge_app.core.frames import read_image
 from edge_app.core.metadata import ModelFileError
 from edge_app.core.model import Classifier
@@ -69,16 +69,27 @@ def load_models(paths: list[Path], threads: int | None) -> list[Classifier]:
     return models
 
 
-def load_data(folder: Path, labels: list[str]) -> list[tuple[Path, str]]:
-    """Labelled images of DATA/<CLASS>/ or DATA/<class>_*.jpg, every class being one the models know."""
+def load_data(data: Path, labels: list[str], split: str = "val") -> tuple[list[tuple[Path, str]], list[str]]:
+    """Labelled images and their sources: DATA/<CLASS>/ or DATA/<class>_*.jpg (one source, the folder's
+    name), or a run's splits.csv (its `split` rows, each with its own source); every class must be one
+    the models know."""
+    data = Path(data)
     try:
-        pairs = labelled_images(folder)
+        if data.suffix.lower() == ".csv" and data.is_file():
+            rows = split_rows(data, split)
+            if not rows:
+                raise VerifyError(f"{data} has no rows in split {split!r}")
+            pairs = [(Path(row["filepath"]), row["label"]) for row in rows]
+            sources = [row.get("source") or data.stem for row in rows]
+        else:
+            pairs = labelled_images(data)
+            sources = [data.name] * len(pairs)
     except ValueError as exc:
         raise VerifyError(str(exc)) from exc
     unknown = sorted({label for _, label in pairs} - set(labels))
     if unknown:
-        raise VerifyError(f"classes {unknown} in {folder} are not among the model's labels {labels}")
-    return pairs
+        raise VerifyError(f"classes {unknown} in {data} are not among the model's labels {labels}")
+    return pairs, sources
 
 
 def predict_all(models: list[Classifier], images: list[tuple[Path, str]]) -> tuple[list[Predictions], int]:
@@ -117,6 +128,28 @@ def predict_all(models: list[Classifier], images: list[tuple[Path, str]]) -> tup
         if n % 100 == 0 or n == len(images):
             print(f"verify: {n}/{len(images)} images", file=sys.stderr, flush=True)
     return runs, unreadable
+
+
+def subset(run: Predictions, keep: list[int]) -> Predictions:
+    """The answers of one model for the images at the `keep` positions only."""
+    part = Predictions(run.classifier, invoke_ms=run.invoke_ms)
+    for name in ("top", "probs", "raw_probs", "answered", "mirror_top"):
+        values = getattr(run, name)
+        # mirror_top is the reference's alone: other models hold only its placeholders for cells not located
+        setattr(part, name, [values[i] for i in keep] if len(values) == len(run.top) else [])
+    return part
+
+
+def gate_all(runs: list[Predictions], images: list[tuple[Path, str]], max_drop_pp: float,
+             min_agreement_pct: float) -> tuple[list[dict], list[dict]]:
+    """Each model's summary and each other model's gated comparison with the reference (the first)."""
+    summaries = [model_summary(run, images) for run in runs]
+    comparisons = []
+    for run, summary in zip(runs[1:], summaries[1:]):
+        comparison = compare(runs[0], run, images, (summaries[0], summary))
+        apply_gate(comparison, max_drop_pp, min_agreement_pct)
+        comparisons.append(comparison)
+    return summaries, comparisons
 
 
 def located_arrays(run: Predictions, images: list[tuple[Path, str]]) -> tuple[np.ndarray, ...]:
@@ -224,6 +257,16 @@ def markdown(report: dict[str, Any]) -> str:
                  f"{c['mean_abs_prob_diff']:.4f}" if c else "ref", ms,
                  ("pass" if c["passed"] else "FAIL: " + "; ".join(c["failures"])) if c else "ref"]
         lines.append("| " + " | ".join(cells) + " |")
+    if report.get("by_source"):
+        lines += ["", "Per source (each must pass the gate on its own):", "",
+                  "| source | images | model | top-1 acc | drop pp | agreement | on answered | mirror floor | gate |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+        for source, part in report["by_source"].items():
+            for m, c in zip(part["models"], [None, *part["comparisons"]]):
+                lines.append(f"| {source} | {part['images']} | {m['name']} | {_pct(m['accuracy'])} | "
+                             + (f"{c['accuracy_drop_pp']:+.2f} | {_pct(c['agreement'])} | {_pct(c['agreement_answered'])} | "
+                                f"{_pct(c['mirror_agreement'])} | {'pass' if c['passed'] else 'FAIL: ' + '; '.join(c['failures'])} |"
+                                if c else "ref | ref | ref | ref | ref |"))
     intervals = [(m, m["cell_interval"]) for m in models if m.get("cell_interval")]
     if intervals:
         lines += ["", "Accuracy over the cells behind the images (copies of one photograph are one cell; "
@@ -298,8 +341,12 @@ def add_cell_intervals(runs: list[Predictions], images: list[tuple[Path, str]], 
 
 
 def verify(paths: list[Path], data: Path, max_drop_pp: float = 0.5, min_agreement_pct: float = 99.0,
-           threads: int | None = None, plots: Path | None = None, cells: bool = False) -> dict[str, Any]:
+           threads: int | None = None, plots: Path | None = None, cells: bool = False,
+           split: str = "val") -> dict[str, Any]:
     """Compare each other model with the reference (the first path) and return the full report.
+
+    data: class folders, or a run's splits.csv (its `split` rows); with several sources in it, the gate
+    also applies to each source's images on its own ("by_source").
 
     With cells, each model's accuracy also gets a bootstrap interval over the cells behind the images
     (evaluation.cell_interval).
@@ -309,29 +356,35 @@ def verify(paths: list[Path], data: Path, max_drop_pp: float = 0.5, min_agreemen
     if plots is not None:
         require_matplotlib()
     models = load_models(paths, threads)
-    images = load_data(data, models[0].labels)
+    images, sources = load_data(data, models[0].labels, split)
     runs, unreadable = predict_all(models, images)
-    summaries = [model_summary(run, images) for run in runs]
+    summaries, comparisons = gate_all(runs, images, max_drop_pp, min_agreement_pct)
     if cells:
         add_cell_intervals(runs, images, summaries)
-    comparisons = []
-    for run, summary in zip(runs[1:], summaries[1:]):
-        comparison = compare(runs[0], run, images, (summaries[0], summary))
-        apply_gate(comparison, max_drop_pp, min_agreement_pct)
-        comparisons.append(comparison)
+    by_source = {}
+    if len(set(sources)) > 1:  # each laboratory must pass on its own, not only on the pooled images
+        for source in sorted(set(sources)):
+            keep = [i for i, s in enumerate(sources) if s == source]
+            part = [images[i] for i in keep]
+            parts, gated = gate_all([subset(run, keep) for run in runs], part, max_drop_pp, min_agreement_pct)
+            by_source[source] = {"images": len(part), "models": parts, "comparisons": gated}
     if plots is not None:
         for path in write_plots(runs, images, plots):
             print(f"verify: wrote {path}", file=sys.stderr)
     return {"data": str(data), "images": len(images), "unreadable": unreadable,
             "gate": {"max_drop_pp": max_drop_pp, "min_agreement_pct": min_agreement_pct},
-            "models": summaries, "comparisons": comparisons, "passed": all(c["passed"] for c in comparisons)}
+            "models": summaries, "comparisons": comparisons, "by_source": by_source,
+            "passed": all(c["passed"] for c in comparisons)
+            and all(c["passed"] for part in by_source.values() for c in part["comparisons"])}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", type=Path, nargs="+", metavar="MODEL",
                         help="reference .tflite (e.g. float32) then one or more models to compare with it (e.g. int8)")
     parser.add_argument("--data", type=Path, required=True,
-                        help="labelled images: DATA/<CLASS>/*.jpg, or DATA/<class>_*.jpg as in samples/")
+                        help="labelled images: DATA/<CLASS>/*.jpg, DATA/<class>_*.jpg as in samples/, or a run's "
+                             "splits.csv (filepath,label,split[,source]): its --split rows, gated per source too")
+    parser.add_argument("--split", default="val", help="with a splits.csv as --data: the rows to use (default val)")
     parser.add_argument("--json", type=Path, help="write the full report (all disagreements) as JSON")
     parser.add_argument("--markdown", type=Path, help="also write the Markdown report to this file")
     parser.add_argument("--max-drop", type=float, default=0.5,
@@ -352,7 +405,7 @@ def main(args: argparse.Namespace) -> int:
     """0 when every compared model passes the gate, 1 when one fails, 2 on an error the user can fix."""
     try:
         report = verify(args.models, args.data, args.max_drop, args.min_agreement, args.threads, args.plots,
-                        args.cells)
+                        args.cells, args.split)
     except (VerifyError, ModelFileError) as exc:
         print(f"hemato verify: error: {exc}", file=sys.stderr)
         return 2
@@ -364,8 +417,10 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    for c in report["comparisons"]:
+    gated = [("", c) for c in report["comparisons"]] + [(f" on {source}", c) for source, part in
+                                                        report["by_source"].items() for c in part["comparisons"]]
+    for where, c in gated:
         if not c["passed"]:
-            print(f"hemato verify: FAILED {c['candidate']} vs {c['reference']}: {'; '.join(c['failures'])}",
+            print(f"hemato verify: FAILED {c['candidate']} vs {c['reference']}{where}: {'; '.join(c['failures'])}",
                   file=sys.stderr)
     return 0 if report["passed"] else 1

@@ -46,9 +46,14 @@ def tiny_int8(tmp_path_factory) -> Path:
 
 
 def test_bench_writes_markdown_json_and_plot(tiny_tflite, tiny_int8, labelled, tmp_path, capfd):
-    out = tmp_path / "results"
+    import shutil
+    out, reference = tmp_path / "results", tmp_path / "reference"
+    reference.mkdir()  # stand-ins for the standard models: any .tflite is timed bare
+    shutil.copy(tiny_tflite, reference / "mobilenetv2_224_float32.tflite")
+    shutil.copy(tiny_int8, reference / "mobilenetv2_224_int8.tflite")
     status = hemato(["bench", str(tiny_tflite), str(tiny_int8), "--data", str(labelled), "--threads", "1", "2",
-                     "--runs", "5", "--warmup", "2", "--out-dir", str(out), "--name", "tiny"])
+                     "--runs", "5", "--warmup", "2", "--out-dir", str(out), "--name", "tiny",
+                     "--reference", str(reference)])
     captured = capfd.readouterr()
     assert status == 0, captured.err
     assert "below the reference 200" in captured.err
@@ -57,8 +62,16 @@ def test_bench_writes_markdown_json_and_plot(tiny_tflite, tiny_int8, labelled, t
     assert result["schema"] == "hemato-bench/1"
     assert {"cpu_model", "cores", "arch", "python", "runtime", "runtime_version", "os", "date"} <= set(result["machine"])
     assert result["settings"]["runs"] == 5 and result["settings"]["threads"] == [1, 2]
-    assert [m["variant"] for m in result["models"]] == ["float32", "int8"]
-    for model in result["models"]:
+    assert [(m["variant"], bool(m.get("reference"))) for m in result["models"]] == \
+        [("float32", False), ("int8", False), ("float32", True), ("int8", True)]
+    estimate = result["pi_estimate"]
+    assert estimate["pi4_standard_float32_ms"] == 47.0
+    standard = result["models"][2]["results"]
+    assert [r["vs_standard_float32"] for r in standard] == [pytest.approx(1.0)] * 2
+    assert all(r["pi4_estimate_ms"] > 0 for m in result["models"] for r in m["results"])
+    assert result["fastest_threads"]["model"] == "tiny_int8.tflite"
+    assert result["fastest_threads"]["threads"] in (1, 2)
+    for model in result["models"][:2]:
         assert model["size_bytes"] > 0
         acc = model["accuracy"]
         assert acc["n"] == 8 and 0 <= acc["correct"] <= acc["located"] <= 8
@@ -80,15 +93,17 @@ def test_bench_writes_markdown_json_and_plot(tiny_tflite, tiny_int8, labelled, t
     assert markdown in captured.out
     assert ("| model | variant | threads | size MB | accuracy | load ms | p50 ms | p95 ms | p99 ms | mean ms | FPS "
             "| speed-up vs float32 | peak RSS MB |") in markdown
-    assert markdown.count("| tiny_float32.tflite | float32 |") == 2
-    assert markdown.count("| tiny_int8.tflite | int8 |") == 2
+    assert markdown.count("| tiny_float32.tflite | float32 |") == 4  # two thread counts, models and Pi tables
+    assert markdown.count("| tiny_int8.tflite | int8 |") == 4
     assert "## Pipeline (`hemato run`)" in markdown and "| tiny_int8.tflite | 2 | 8 |" in markdown
+    assert "## Raspberry Pi 4: an estimate, not a measurement" in markdown and "Threads: one cell at a time" in markdown
+    assert pipeline["startup_ms"] > 0
     assert (out / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_without_float32_or_data_says_so(tiny_int8, tmp_path, capfd):
     status = hemato(["bench", str(tiny_int8), "--threads", "1", "--runs", "3", "--warmup", "1", "--no-data",
-                     "--json", str(tmp_path / "b.json")])
+                     "--json", str(tmp_path / "b.json"), "--reference", str(tmp_path / "none")])
     captured = capfd.readouterr()
     assert status == 0, captured.err
     result = json.loads((tmp_path / "b.json").read_text())
@@ -98,6 +113,8 @@ def test_without_float32_or_data_says_so(tiny_int8, tmp_path, capfd):
     assert any("no float32 model" in n for n in result["notes"])
     assert any("plot skipped" in n for n in result["notes"]) and not (tmp_path / "b.png").exists()
     assert "speed-up vs float32" not in captured.out and "Not measured" in captured.out
+    assert any("mobilenetv2_224_float32.tflite not in" in n for n in result["notes"])
+    assert result["pi_estimate"] is None and "Not estimated" in captured.out
 
 
 def test_bad_model_is_a_usage_error(tmp_path, capfd):

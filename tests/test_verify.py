@@ -193,3 +193,33 @@ def test_verify_cells_reports_an_interval_per_model(setup, tmp_path):
     for model in json.loads(report_path.read_text())["models"]:
         interval = model["cell_interval"]
         assert interval["cells"] >= 1 and interval["low"] <= model["accuracy"] <= interval["high"]
+
+
+def test_a_runs_splits_csv_is_gated_per_source(setup, tmp_path, capsys):
+    """--data splits.csv: only its val rows, and each source must pass on its own as well as pooled."""
+    import numpy as np
+    from edge_app.core.dataset import labelled_images
+    empty = tmp_path / "empty.png"  # no cell: the candidates hold no mirrored answer for it
+    cv2.imwrite(str(empty), np.full((240, 320, 3), 220, np.uint8))
+    rows = ["filepath,label,split,group,source", f"{empty},MONOCYTE,val,g-empty,lab-a"]
+    for i, (path, label) in enumerate(labelled_images(setup["test"])):
+        split = "train" if i % 5 == 0 else "val"
+        rows.append(f"{path},{label},{split},g{i},{'lab-a' if i % 2 else 'lab-b'}")
+    splits = tmp_path / "splits.csv"
+    splits.write_text("\n".join(rows) + "\n")
+    report_path = tmp_path / "verify.json"
+    rc = hemato(["verify", str(setup["float32"]), str(setup["int8"]), "--data", str(splits),
+                 "--json", str(report_path), "--threads", "1"])
+    assert rc == 0
+    report = json.loads(report_path.read_text())
+    assert report["images"] == 49 and set(report["by_source"]) == {"lab-a", "lab-b"}
+    assert sum(part["images"] for part in report["by_source"].values()) == 49
+    assert all(c["passed"] for part in report["by_source"].values() for c in part["comparisons"])
+    assert "| lab-a | 25 |" in capsys.readouterr().out
+
+
+def test_a_splits_csv_with_missing_images_is_a_usage_error(setup, tmp_path, capsys):
+    splits = tmp_path / "splits.csv"
+    splits.write_text("filepath,label,split\nnowhere/cell.png,MONOCYTE,val\n")
+    assert hemato(["verify", str(setup["float32"]), str(setup["int8"]), "--data", str(splits)]) == 2
+    assert "nowhere/cell.png" in capsys.readouterr().err

@@ -40,3 +40,31 @@ def labelled_images(root: Path) -> list[tuple[Path, str]]:
     if not loose:
         raise ValueError(f"no labelled images under {root}: expected {root}/<CLASS>/*.jpg or {root}/<class>_*.jpg")
     return [(p, label_from_name(p)) for p in loose]
+
+
+def split_rows(csv_path: Path, split: str = "val") -> list[dict[str, str]]:
+    """The rows of a run's splits.csv (filepath,label,split[,group][,source]) in `split`, paths resolved.
+
+    A relative path is tried as written (from the folder training ran in), then from the CSV's folder.
+    Raises ValueError when the file lacks the columns or a listed image is missing.
+    """
+    import csv
+    csv_path = Path(csv_path)
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"filepath", "label", "split"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{csv_path} lacks column(s) {sorted(missing)}; expected filepath,label,split[,group][,source]")
+        rows = [row for row in reader if row["split"] == split]
+    absent = []
+    for row in rows:
+        path = Path(row["filepath"])
+        if not path.is_absolute() and not path.exists() and (csv_path.parent / path).exists():
+            path = csv_path.parent / path
+        row["filepath"] = str(path)
+        if not path.exists():
+            absent.append(path)
+    if absent:
+        raise ValueError(f"{len(absent)} of {len(rows)} {'validation' if split == 'val' else split} images in {csv_path} are missing (e.g. {absent[0]}); "
+                         "run from the folder training ran in")
+    return rows

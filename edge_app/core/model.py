@@ -79,6 +79,12 @@ def runtime_info_filtered() -> Iterator[None]:
                 os.write(2, kept)
 
 
+def default_threads() -> int:
+    """Interpreter threads when none are asked for: every core (the fastest for one cell at a time on the
+    machines measured, see benchmarks/README.md)."""
+    return os.cpu_count() or 1
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax of logits / temperature, numerically stable."""
     z = np.asarray(logits, np.float64) / temperature
@@ -106,7 +112,7 @@ class Classifier:
         self.min_confidence = float(self.metadata.get("min_confidence") or 0.0)
         # Crops whose colour statistics lie far from the training crops' are not forced into a class.
         self.colour_guard = ColourGuard.from_dict(self.metadata.get("ood"))
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or default_threads()
         interpreter, self.runtime = interpreter_class()
         try:
             with runtime_info_filtered():  # the XNNPACK delegate is created, and announced, in allocate_tensors
