@@ -78,6 +78,22 @@ def test_same_box_and_model_input_at_every_scale():
         assert correlation(crop, crop1) > 0.97, f
 
 
+def test_localiser_reads_the_estimates_analysis_copy():
+    """An enlarged canonical frame is located on the estimate's analysis copy, not shrunk a second time,
+    and the boxes match those found by shrinking it."""
+    from edge_app.core.vision import located_cells, locate_cells
+    upscaled = SCALED.__class__(**{**SCALED.to_dict(), "rbc_diameter_px": 1.5 * DIAMETER})
+    frame = scale_frame(drawn_smear(), upscaled)
+    assert frame.factor == pytest.approx(1.5, rel=0.08) and frame.analysis is not None
+    small, per_image_px = frame.analysis
+    assert max(small.shape[:2]) == 320 and per_image_px == pytest.approx(1 / frame.factor)
+    shared, = located_cells(frame, upscaled)
+    shrunk, = locate_cells(frame.image, upscaled, canonical=True)
+    assert np.allclose([shared.x0, shared.y0, shared.x1, shared.y1], [shrunk.x0, shrunk.y0, shrunk.x1, shrunk.y1],
+                       atol=0.03 * shrunk.width)
+    assert scale_frame(drawn_smear(), SCALED, rbc_px=60.0).analysis is None  # a given diameter: no estimate
+
+
 def test_nucleus_relative_crop_without_a_scale_or_without_red_cells():
     base = drawn_smear()
     frame = scale_frame(base, CropSettings())

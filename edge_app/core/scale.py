@@ -34,7 +34,7 @@ _STAIN_LEVEL = 40       # blue minus green above this is white-cell stain
 _K3 = np.ones((3, 3), np.uint8)
 
 
-def _analysis_copy(bgr: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+def analysis_copy(bgr: np.ndarray, side: int = ANALYSIS_SIDE) -> tuple[np.ndarray, float]:
     """The frame resampled to `side` pixels on its long side, and analysis pixels per frame pixel."""
     h, w = bgr.shape[:2]
     s = side / max(h, w)
@@ -142,9 +142,13 @@ def _main_population(radii: np.ndarray) -> np.ndarray:
     return radii[(radii > 0.65 * ref) & (radii < 1.35 * ref)]
 
 
-def estimate_rbc_diameter(bgr: np.ndarray) -> tuple[float | None, int]:
-    """(median red-cell diameter in the frame's pixels, cells measured); None when under MIN_CELLS."""
-    small, s = _analysis_copy(bgr, ANALYSIS_SIDE)
+def estimate_rbc_diameter(bgr: np.ndarray,
+                          analysis: tuple[np.ndarray, float] | None = None) -> tuple[float | None, int]:
+    """(median red-cell diameter in the frame's pixels, cells measured); None when under MIN_CELLS.
+
+    analysis: the frame's analysis_copy when the caller already has it.
+    """
+    small, s = analysis or analysis_copy(bgr)
     radii = _main_population(red_cell_radii(small))
     if len(radii) < MIN_CELLS:
         return None, len(radii)

@@ -11,7 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_app.core.scale import estimate_rbc_diameter
+from edge_app.core.scale import ANALYSIS_SIDE, analysis_copy, estimate_rbc_diameter
 
 REFERENCE_ASPECT = 4 / 3  # long / short side of the reference frame (the 320 x 240 training photographs)
 MIN_SCALED_SIDE = 32      # a frame scaled to the model's red-cell size must stay this large ...
@@ -92,16 +92,22 @@ def _largest_blob_area(cell: np.ndarray) -> int:
     return int(stats[1:, cv2.CC_STAT_AREA].max())
 
 
-def locate_cells(bgr: np.ndarray, settings: CropSettings, canonical: bool = False) -> list[Box]:
+def locate_cells(bgr: np.ndarray, settings: CropSettings, canonical: bool = False,
+                 analysis: tuple[np.ndarray, float] | None = None) -> list[Box]:
     """Return one square crop box per stained white blood cell, largest first.
 
     canonical: the frame is at the settings' red-cell scale (scale_frame), so lengths and areas are
     fractions of the reference frame, not of this one.
+    analysis: (the frame at most analysis_max_side on its long side, its pixels per frame pixel) when the
+    caller has it; else it is made here.
     """
     height, width = bgr.shape[:2]
-    scale = min(1.0, settings.analysis_max_side / max(height, width))
-    small = bgr if scale == 1.0 else cv2.resize(bgr, (round(width * scale), round(height * scale)),
-                                               interpolation=cv2.INTER_AREA)
+    if analysis is not None:
+        small, scale = analysis
+    else:
+        scale = min(1.0, settings.analysis_max_side / max(height, width))
+        small = bgr if scale == 1.0 else cv2.resize(bgr, (round(width * scale), round(height * scale)),
+                                                   interpolation=cv2.INTER_AREA)
     mask = stain_mask(small, settings)
     sh, sw = mask.shape
     short, area = min(sh, sw), sh * sw
@@ -142,6 +148,9 @@ class ScaledFrame:
     image: np.ndarray
     factor: float = 1.0          # image pixels per frame pixel
     rbc_px: float | None = None  # the frame's red-cell diameter (frame pixels) it was scaled by; None: not scaled
+    # The frame at ANALYSIS_SIDE on its long side (the red-cell estimate's copy) and its pixels per image
+    # pixel: the localiser reads it instead of shrinking `image` again (one resampling, not two).
+    analysis: tuple[np.ndarray, float] | None = None
 
     @property
     def canonical(self) -> bool:
@@ -156,30 +165,40 @@ class ScaledFrame:
                    round(box.stained_area / f / f))
 
 
+def _scaled(image: np.ndarray, factor: float, rbc_px: float | None,
+            analysis: tuple[np.ndarray, float] | None, settings: CropSettings) -> ScaledFrame:
+    """The ScaledFrame, keeping the analysis copy where the localiser would shrink `image` to that size."""
+    shrinks = max(image.shape[:2]) > settings.analysis_max_side == ANALYSIS_SIDE
+    keep = (analysis[0], analysis[1] / factor) if analysis is not None and shrinks else None
+    return ScaledFrame(image, factor, rbc_px, keep)
+
+
 def scale_frame(bgr: np.ndarray, settings: CropSettings, rbc_px: float | None = None) -> ScaledFrame:
     """The frame at the model's red-cell scale: rbc_px is its red-cell diameter in pixels when known (a
     camera's calibration), else it is estimated. Unscaled when the model has no scale, no diameter is found,
     or the resampled frame would be implausibly large or small."""
     if not settings.rbc_diameter_px:
         return ScaledFrame(bgr)
+    analysis = None
     if rbc_px is None:
-        rbc_px, _ = estimate_rbc_diameter(bgr)
+        analysis = analysis_copy(bgr)
+        rbc_px, _ = estimate_rbc_diameter(bgr, analysis)
     if not rbc_px or rbc_px <= 0:
-        return ScaledFrame(bgr)
+        return _scaled(bgr, 1.0, None, analysis, settings)
     factor = settings.rbc_diameter_px / rbc_px
     height, width = bgr.shape[:2]
     size = (round(width * factor), round(height * factor))
     if min(size) < MIN_SCALED_SIDE or max(size) > MAX_SCALED_SIDE:
-        return ScaledFrame(bgr)
+        return _scaled(bgr, 1.0, None, analysis, settings)
     if size == (width, height):
-        return ScaledFrame(bgr, 1.0, rbc_px)
+        return _scaled(bgr, 1.0, rbc_px, analysis, settings)
     image = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
-    return ScaledFrame(image, size[0] / width, rbc_px)
+    return _scaled(image, size[0] / width, rbc_px, analysis, settings)
 
 
 def located_cells(frame: ScaledFrame, settings: CropSettings) -> list[Box]:
     """The cells of a scaled frame, boxes in its image's pixels (ScaledFrame.to_frame maps them back)."""
-    return locate_cells(frame.image, settings, canonical=frame.canonical)
+    return locate_cells(frame.image, settings, canonical=frame.canonical, analysis=frame.analysis)
 
 
 def crop_for_model(bgr: np.ndarray, box: Box, input_size: int) -> np.ndarray:
