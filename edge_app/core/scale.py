@@ -79,9 +79,10 @@ def _fill_pallor(fg: np.ndarray) -> None:
 def red_cell_radii(small: np.ndarray) -> np.ndarray:
     """Inscribed radii (analysis pixels) of the red cells found in an analysis-size BGR frame."""
     none = np.zeros(0, np.float32)
-    b, g, r = cv2.split(small)
+    b, g = cv2.extractChannel(small, 0), cv2.extractChannel(small, 1)
     h, w = g.shape
-    valid = cv2.erode(cv2.compare(cv2.max(cv2.max(b, g), r), _VALID_LEVEL, cv2.CMP_GT), _K3)
+    padding = cv2.inRange(small, (0, 0, 0), (_VALID_LEVEL,) * 3)  # every channel dark
+    valid = cv2.erode(cv2.bitwise_not(padding), _K3)
     stain = cv2.compare(cv2.subtract(b, g), _STAIN_LEVEL, cv2.CMP_GT)
     smear = cv2.bitwise_and(valid, cv2.bitwise_not(stain))
     green = cv2.GaussianBlur(g, (5, 5), 0)
@@ -124,11 +125,12 @@ def red_cell_radii(small: np.ndarray) -> np.ndarray:
     sx, sy, sw, sh = cv2.boundingRect(stain)
     if sw:  # a disc (slightly enlarged) reaching white-cell stain is not a red cell
         q = (radii * 1.25 + 1).astype(int)
-        keep = (xs + q < sx) | (xs - q >= sx + sw) | (ys + q < sy) | (ys - q >= sy + sh)
-        for k in np.flatnonzero(~keep):
-            x, y, qk = xs[k], ys[k], q[k]
-            keep[k] = not stain[max(0, y - qk):y + qk + 1, max(0, x - qk):x + qk + 1].any()
-        radii = radii[keep]
+        near = ~((xs + q < sx) | (xs - q >= sx + sw) | (ys + q < sy) | (ys - q >= sy + sh))
+        if near.any():  # stain inside each disc's square, from the summed-area table
+            table = cv2.integral(stain)
+            x0, y0, x1, y1 = np.maximum(xs - q, 0), np.maximum(ys - q, 0), np.minimum(xs + q + 1, w), np.minimum(ys + q + 1, h)
+            stained = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+            radii = radii[~near | (stained == 0)]
     return radii
 
 
