@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline-model", type=Path,
                         help="model for the pipeline table (default: the int8 variant, else the first model)")
     parser.add_argument("--pipeline-threads", type=positive_int, default=None,
-                        help="threads for the pipeline table (default: the largest --threads)")
+                        help="threads for the pipeline table (default: what `hemato run` uses, every core)")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the whole-pipeline table")
     parser.add_argument("--reference", type=Path, default=REFERENCE_DIR,
                         help="folder of the standard MobileNetV2 models timed for the Raspberry Pi estimate "

@@ -54,7 +54,8 @@ def split_rows(csv_path: Path, split: str = "val") -> list[dict[str, str]]:
         reader = csv.DictReader(handle)
         missing = {"filepath", "label", "split"} - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{csv_path} lacks column(s) {sorted(missing)}; expected filepath,label,split[,group][,source]")
+            raise ValueError(f"{csv_path} lacks column(s) {sorted(missing)}; "
+                             "expected filepath,label,split[,group][,source]")
         rows = [row for row in reader if row["split"] == split]
     absent = []
     for row in rows:
@@ -65,6 +66,7 @@ def split_rows(csv_path: Path, split: str = "val") -> list[dict[str, str]]:
         if not path.exists():
             absent.append(path)
     if absent:
-        raise ValueError(f"{len(absent)} of {len(rows)} {'validation' if split == 'val' else split} images in {csv_path} are missing (e.g. {absent[0]}); "
-                         "run from the folder training ran in")
+        which = "validation" if split == "val" else split
+        raise ValueError(f"{len(absent)} of {len(rows)} {which} images in {csv_path} are missing "
+                         f"(e.g. {absent[0]}); run from the folder training ran in")
     return rows

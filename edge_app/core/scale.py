@@ -128,7 +128,8 @@ def red_cell_radii(small: np.ndarray) -> np.ndarray:
         near = ~((xs + q < sx) | (xs - q >= sx + sw) | (ys + q < sy) | (ys - q >= sy + sh))
         if near.any():  # stain inside each disc's square, from the summed-area table
             table = cv2.integral(stain)
-            x0, y0, x1, y1 = np.maximum(xs - q, 0), np.maximum(ys - q, 0), np.minimum(xs + q + 1, w), np.minimum(ys + q + 1, h)
+            x0, y0 = np.maximum(xs - q, 0), np.maximum(ys - q, 0)
+            x1, y1 = np.minimum(xs + q + 1, w), np.minimum(ys + q + 1, h)
             stained = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
             radii = radii[~near | (stained == 0)]
     return radii
