@@ -6,7 +6,6 @@ split (splits.csv), with training's rule (evaluation.calibration.fit_calibration
 """
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edge_app.core.crops import file_cell_crop
+from edge_app.core.dataset import split_rows
 from edge_app.core.model import Classifier
 from evaluation.calibration import TARGET_ANSWERED_ACCURACY, TARGET_LEVEL, fit_calibration
 
@@ -27,19 +27,11 @@ def validation_images(run_dir: Path) -> list[tuple[Path, str, str]]:
     splits = Path(run_dir) / "splits.csv"
     if not splits.is_file():
         return []
-    with open(splits, newline="", encoding="utf-8") as handle:
-        rows = [row for row in csv.DictReader(handle) if row.get("split") == "val"]
-    images, missing = [], []
-    for row in rows:
-        path = Path(row["filepath"])
-        if not path.is_absolute() and not path.exists() and (Path(run_dir) / path).exists():
-            path = Path(run_dir) / path  # paths written relative to the run folder
-        (images if path.exists() else missing).append((path, row["label"], row.get("group") or str(path)))
-    if missing:
-        raise RecalibrationError(f"{len(missing)} of {len(rows)} validation images in {splits} are missing "
-                                 f"(e.g. {missing[0][0]}); run from the folder training ran in, "
-                                 "or pass --keep-calibration")
-    return images
+    try:
+        rows = split_rows(splits, "val")
+    except ValueError as exc:
+        raise RecalibrationError(f"{exc}, or pass --keep-calibration") from exc
+    return [(Path(row["filepath"]), row["label"], row.get("group") or row["filepath"]) for row in rows]
 
 
 def refit(model_path: Path, images: list[tuple[Path, str, str]], threads: int | None = None) -> dict[str, Any]:

@@ -13,7 +13,6 @@ all cells). Features of every cell (and its augmented copies) are computed once 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import numpy as np
 from edge_app.adapt.adapt import DEFAULT_COPIES, adapt_file, cell_features, sha256_of
 from edge_app.adapt.cells import CellSet
 from edge_app.core.crops import file_cell_crop
+from edge_app.core.dataset import split_rows
 from edge_app.core.head_probe import HeadProbe
 from edge_app.core.model import Classifier
 from edge_app.core.pipeline import decide, is_unusual_crop
@@ -34,9 +34,8 @@ from edge_app.core.vision import crop_statistics
 
 def split_cells(split: Path, labels: list[str], source: str = "pbc", part: str = "val") -> list[tuple[Path, str]]:
     """(image, label) of the split's rows of one source and part, in the model's classes (paths relative to it)."""
-    with open(split, newline="", encoding="utf-8") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["source"] == source and r["split"] == part]
-    return [(split.parent / r["filepath"], r["label"]) for r in rows if r["label"] in labels]
+    return [(Path(r["filepath"]), r["label"]) for r in split_rows(split, part)
+            if r.get("source") == source and r["label"] in labels]
 
 
 def outcomes(classifier: Classifier, crops: list[np.ndarray], y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
