@@ -1,12 +1,11 @@
 """Write the HematoVision JSON metadata into a TFLite flatbuffer (embed_metadata needs TensorFlow)."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 
-from edge_app.core.metadata import FORMAT, METADATA_NAME, ModelFileError, metadata_spans
+from edge_app.core.metadata import METADATA_NAME, ModelFileError, metadata_document, metadata_spans
 
 
 def embed_metadata(tflite_bytes: bytes, metadata: dict[str, Any]) -> bytes:
@@ -15,7 +14,7 @@ def embed_metadata(tflite_bytes: bytes, metadata: dict[str, Any]) -> bytes:
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite_bytes))
-    document = json.dumps({"format": FORMAT, **metadata}, sort_keys=True).encode("utf-8")
+    document = metadata_document(metadata)
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(document, dtype=np.uint8)
     model.buffers.append(buffer)
@@ -36,7 +35,7 @@ def rewrite_metadata(tflite_bytes: bytes, metadata: dict[str, Any]) -> bytes:
     if METADATA_NAME not in spans:
         raise ModelFileError(f"the model has no '{METADATA_NAME}' metadata to rewrite")
     start, length = spans[METADATA_NAME]
-    document = json.dumps({"format": FORMAT, **metadata}, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    document = metadata_document(metadata, compact=True)
     if len(document) > length:
         raise ModelFileError(f"the new metadata ({len(document)} bytes) does not fit in place of the old "
                              f"({length} bytes): convert the model again")

@@ -23,6 +23,12 @@ class ModelFileError(ValueError):
     """The file is not a usable HematoVision TFLite model; the message says why."""
 
 
+def metadata_document(metadata: dict[str, Any], compact: bool = False) -> bytes:
+    """The JSON bytes a model stores under METADATA_NAME: `metadata` with the FORMAT tag, keys sorted."""
+    separators = (",", ":") if compact else None
+    return json.dumps({"format": FORMAT, **metadata}, sort_keys=True, separators=separators).encode("utf-8")
+
+
 class _Table:
     """A flatbuffer table: just enough of the format to follow fields, vectors and strings."""
 

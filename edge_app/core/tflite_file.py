@@ -7,7 +7,6 @@ Pure Python on top of edge_app.core.metadata's flatbuffer reader. Two edits, bot
 """
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_app.core.metadata import _MODEL_BUFFERS, FORMAT, METADATA_NAME, ModelFileError, _Table, metadata_buffers
+from edge_app.core.metadata import (_MODEL_BUFFERS, METADATA_NAME, ModelFileError, _Table, metadata_buffers,
+                                    metadata_document)
 
 # Field numbers in the TFLite schema (tensorflow/lite/schema/schema.fbs), beside those metadata.py reads.
 _MODEL_OPCODES, _MODEL_SUBGRAPHS = 1, 2
@@ -116,7 +116,7 @@ def with_metadata(data: bytes, metadata: dict[str, Any]) -> bytes:
     if field is None:
         raise ModelFileError("the model's metadata is not stored inline")
     old_at, old_len = buffer._vector(0)
-    document = json.dumps({"format": FORMAT, **metadata}, sort_keys=True).encode("utf-8")
+    document = metadata_document(metadata)
     out = bytearray(data)
     out[old_at:old_at + old_len] = bytes(old_len)
     out.extend(bytes(-len(out) % 16))  # the new vector's length prefix, aligned
