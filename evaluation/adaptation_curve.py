@@ -28,7 +28,7 @@ from edge_app.core.crops import file_cell_crop
 from edge_app.core.dataset import split_rows
 from edge_app.core.head_probe import HeadProbe
 from edge_app.core.model import Classifier
-from edge_app.core.pipeline import decide, is_unusual_crop
+from edge_app.core.pipeline import classify_crop, decide, is_unusual_crop
 from edge_app.core.vision import crop_statistics
 
 
@@ -42,12 +42,10 @@ def outcomes(classifier: Classifier, crops: list[np.ndarray], y: np.ndarray) -> 
     """(top-1 correct, answered: not UNCERTAIN) per cell, as `hemato run` decides."""
     correct, answered = [], []
     for crop, label in zip(crops, y):
-        probs = classifier.predict(crop)
-        top = int(np.argmax(probs))
-        answer, _ = decide(classifier.labels[top], float(probs[top]), classifier.min_confidence,
-                           is_unusual_crop(classifier, crop))
-        correct.append(top == label)
-        answered.append(answer == classifier.labels[top])
+        _, top, confidence = classify_crop(classifier, crop)
+        answer, _ = decide(top, confidence, classifier.min_confidence, is_unusual_crop(classifier, crop))
+        correct.append(top == classifier.labels[label])
+        answered.append(answer == top)
     return np.array(correct), np.array(answered)
 
 
