@@ -7,6 +7,7 @@ and skipped; a class left with fewer than MIN_CELLS usable cells is refused befo
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,14 +53,18 @@ class CellSet:
         return {label: self.labels.count(label) for label in labels}
 
 
-def _check_classes(found: dict[str, int], labels: list[str], what: str) -> None:
+def _too_few(counts: Counter, labels: list[str]) -> str:
+    """The classes with fewer than MIN_CELLS cells and their counts ("LYMPHOCYTE 2, ..."); "" when none."""
+    return ", ".join(f"{label} {counts[label]}" for label in labels if counts[label] < MIN_CELLS)
+
+
+def _check_classes(found: Counter, labels: list[str], what: str) -> None:
     unknown = sorted(set(found) - set(labels))
     if unknown:
         raise CellsError(f"{what}: {', '.join(unknown)} not a class of this model (its classes: {', '.join(labels)})")
-    few = {label: found.get(label, 0) for label in labels if found.get(label, 0) < MIN_CELLS}
+    few = _too_few(found, labels)
     if few:
-        listed = ", ".join(f"{label} {count}" for label, count in few.items())
-        raise CellsError(f"{what}: every class needs at least {MIN_CELLS} cells; too few: {listed}")
+        raise CellsError(f"{what}: every class needs at least {MIN_CELLS} cells; too few: {few}")
 
 
 def plan_folder(root: Path, labels: list[str]) -> list[CellPlan]:
@@ -71,7 +76,9 @@ def plan_folder(root: Path, labels: list[str]) -> list[CellPlan]:
     plans = [CellPlan(path, d.name) for d in folders for path in images_in(d)]
     if not plans:
         raise CellsError(f"{root}: no images (.jpg .png ...) in its class folders")
-    _check_classes({d.name: len(images_in(d)) for d in folders}, labels, str(root))
+    found = Counter({d.name: 0 for d in folders})  # an empty folder still names a class
+    found.update(plan.label for plan in plans)
+    _check_classes(found, labels, str(root))
     return plans
 
 
@@ -101,10 +108,7 @@ def plan_csv(path: Path, labels: list[str]) -> list[CellPlan]:
         plans.append(CellPlan(_resolve(row["source"].lstrip("'"), path.parent), row["label"], box))
     if not plans:
         raise CellsError(f"{path}: no reviewed cells in it")
-    found: dict[str, int] = {}
-    for plan in plans:
-        found[plan.label] = found.get(plan.label, 0) + 1
-    _check_classes(found, labels, str(path))
+    _check_classes(Counter(plan.label for plan in plans), labels, str(path))
     return plans
 
 
@@ -149,12 +153,10 @@ def load_cells(plans: list[CellPlan], labels: list[str], settings: CropSettings)
         cells.crops.append(crop)
         cells.labels.append(plan.label)
         cells.sources.append(str(plan.path))
-    counts = cells.counts(labels)
-    few = {label: n for label, n in counts.items() if n < MIN_CELLS}
+    few = _too_few(Counter(cells.labels), labels)
     if few:
-        listed = ", ".join(f"{label} {n}" for label, n in few.items())
         raise CellsError(f"every class needs at least {MIN_CELLS} usable cells; after skipping "
-                         f"{len(cells.skipped)} images, too few: {listed}")
+                         f"{len(cells.skipped)} images, too few: {few}")
     return cells
 
 
