@@ -128,7 +128,7 @@ def measure(model: Path, threads: int, runs: int, warmup: int, data: Path | None
 
     interpreter_class()  # import the runtime before the baseline: its import is not the model's memory
     meta = read_model_metadata(model)
-    settings = CropSettings.from_dict({**meta.get("crop", {}), "input_size": int(meta.get("input_size", 224))})
+    settings = CropSettings.from_metadata(meta)
     crops = data_crops(data, settings) if data else []
     source = f"{len(crops)} real crops" if crops else "synthetic crop"
     crops = crops or [synthetic_crop(settings.input_size)]

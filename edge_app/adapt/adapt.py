@@ -72,7 +72,7 @@ def adapted_metadata(base_meta: dict[str, Any], base_path: Path, base_data: byte
                                    "min_confidence": base_meta.get("min_confidence")}}
     meta = {**base_meta, "temperature": round(head.temperature, 4), "min_confidence": round(head.min_confidence, 4),
             "adaptation": record}
-    settings = CropSettings.from_dict({**base_meta.get("crop", {}), "input_size": base_meta.get("input_size", 224)})
+    settings = CropSettings.from_metadata(base_meta)
     guard = lab_colour_guard(base_meta.get("ood"), cells.crops, settings)
     if guard is not None:
         meta["ood"] = guard

@@ -52,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
     if args.out.resolve() == base.resolve():
         return _error(f"--out {args.out} is the base model itself: choose another file")
     labels = list(meta["labels"])
-    settings = CropSettings.from_dict({**meta.get("crop", {}), "input_size": meta.get("input_size", 224)})
+    settings = CropSettings.from_metadata(meta)
     try:
         plans = plan_cells(args.cells, labels)
         print(f"hemato adapt: base {base} ({len(labels)} classes); reading {len(plans)} cells from {args.cells}",

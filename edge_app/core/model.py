@@ -100,10 +100,8 @@ class Classifier:
         self.path = Path(path)
         self.metadata: dict[str, Any] = read_model_metadata(self.path)
         self.labels: list[str] = list(self.metadata["labels"])
-        self.crop_settings = CropSettings.from_dict(self.metadata.get("crop", {}))
-        self.input_size = int(self.metadata.get("input_size", self.crop_settings.input_size))
-        if self.crop_settings.input_size != self.input_size:
-            self.crop_settings = CropSettings.from_dict({**self.crop_settings.to_dict(), "input_size": self.input_size})
+        self.crop_settings = CropSettings.from_metadata(self.metadata)
+        self.input_size = self.crop_settings.input_size
         self.output_kind = self.metadata.get("output", "logits")
         if self.output_kind not in ("logits", "probabilities"):
             raise ModelFileError(f"{self.path}: metadata 'output' must be logits or probabilities")

@@ -59,6 +59,13 @@ class CropSettings:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> "CropSettings":
+        """The settings a model file's metadata carries: its "crop" entry with the model's input size (the
+        top-level "input_size", else the crop's own, else the default)."""
+        crop = meta.get("crop", {})
+        return cls.from_dict({**crop, "input_size": int(meta.get("input_size", crop.get("input_size", 224)))})
+
 
 @dataclass(frozen=True)
 class Box:
