@@ -19,12 +19,12 @@ from edge_app.core.dataset import images_in
 from edge_app.core.frames import as_bgr
 from edge_app.core.image_decode import ImageError, load_image
 from edge_app.core.pipeline import UNCERTAIN
+from edge_app.core.records import CELL_COLUMNS, is_reviewed, row_box, row_image
 from edge_app.core.vision import Box, CropSettings, crop_for_model, largest_cell_crop
 
 MIN_CELLS = 3
 # name.crop.jpg / name.crop.png: the model's input itself (as the review page's zip holds them), used as it is
 CROP_MARK = ".crop"
-TRUE = {"1", "yes", "true", "y", "reviewed"}
 
 
 class CellsError(ValueError):
@@ -82,11 +82,6 @@ def plan_folder(root: Path, labels: list[str]) -> list[CellPlan]:
     return plans
 
 
-def _resolve(source: str, base: Path) -> Path:
-    path = Path(source).expanduser()
-    return path if path.is_absolute() or path.exists() else base / path
-
-
 def plan_csv(path: Path, labels: list[str]) -> list[CellPlan]:
     """The reviewed rows of a review export (source, x0..y1, label, reviewed) as cells to read."""
     path = Path(path)
@@ -94,18 +89,16 @@ def plan_csv(path: Path, labels: list[str]) -> list[CellPlan]:
         reader = csv.DictReader(handle)
         columns = set(reader.fieldnames or [])
         rows = list(reader)
-    needed = {"source", "label", "x0", "y0", "x1", "y1"}
-    if not needed <= columns:
-        raise CellsError(f"{path}: not a review export (columns {', '.join(sorted(needed - columns))} missing)")
+    if not CELL_COLUMNS <= columns:
+        raise CellsError(f"{path}: not a review export (columns {', '.join(sorted(CELL_COLUMNS - columns))} missing)")
     if "reviewed" not in columns:
         raise CellsError(f"{path}: no 'reviewed' column: these are the model's own answers; review the cells "
                          "first (hemato serve --review CSV, then 'Export reviewed cells')")
     plans = []
     for row in rows:
-        if row.get("error") or row["reviewed"].strip().lower() not in TRUE or row["label"] in ("", UNCERTAIN):
+        if row.get("error") or not is_reviewed(row) or row["label"] in ("", UNCERTAIN):
             continue
-        box = Box(*(int(float(row[k])) for k in ("x0", "y0", "x1", "y1")), 0)
-        plans.append(CellPlan(_resolve(row["source"].lstrip("'"), path.parent), row["label"], box))
+        plans.append(CellPlan(row_image(row["source"], path), row["label"], row_box(row)))
     if not plans:
         raise CellsError(f"{path}: no reviewed cells in it")
     _check_classes(Counter(plan.label for plan in plans), labels, str(path))
@@ -133,8 +126,7 @@ def read_cell(plan: CellPlan, settings: CropSettings) -> tuple[np.ndarray | None
         return cv2.cvtColor(cv2.resize(bgr, (settings.input_size,) * 2, interpolation=cv2.INTER_AREA),
                             cv2.COLOR_BGR2RGB), ""
     if plan.box is not None:
-        b, scale = plan.box, decoded.scale  # boxes are in source pixels; huge images are decoded reduced
-        box = Box(*(round(v / scale) for v in (b.x0, b.y0, b.x1, b.y1)), 0)
+        box = plan.box.divided_by(decoded.scale)  # boxes are in source pixels; huge images are decoded reduced
         if box.x1 <= box.x0 or box.y1 <= box.y0:
             return None, "empty box"
         return crop_for_model(bgr, box, settings.input_size), ""

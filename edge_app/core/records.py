@@ -1,9 +1,11 @@
 """One located cell as a row: the columns and number formats of `hemato run`'s CSV, also the web viewer's."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from edge_app.core.pipeline import UNCERTAIN, CellResult
+from edge_app.core.vision import Box
 
 # label: the answer (a class or UNCERTAIN); predicted/confidence: the most probable class; runner_up: the
 # second most probable class (what a reviewer checks next); reason: why the answer is UNCERTAIN, empty otherwise;
@@ -11,6 +13,11 @@ from edge_app.core.pipeline import UNCERTAIN, CellResult
 # few red cells (or the model no scale) and the crop is relative to the nucleus.
 BASE_COLUMNS = ["source", "frame", "cell", "label", "predicted", "confidence", "runner_up", "reason", "rbc_px",
                 "x0", "y0", "x1", "y1", "latency_ms", "error"]
+
+
+BOX_COLUMNS = ("x0", "y0", "x1", "y1")
+CELL_COLUMNS = {"source", "label", *BOX_COLUMNS}  # what a reader of the CSV's cells needs
+REVIEWED = {"1", "yes", "true", "y", "reviewed"}  # values of a review export's 'reviewed' column meaning yes
 
 
 def csv_columns(labels: list[str]) -> list[str]:
@@ -55,3 +62,20 @@ def differential(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any
                 "percent_of_all": share(counts[label], total)} for label in labels]
     return {"total": total, "certain": certain, "uncertain": counts[UNCERTAIN],
             "uncertain_percent": share(counts[UNCERTAIN], total), "classes": classes}
+
+
+def is_reviewed(row: dict[str, Any]) -> bool:
+    """Whether a review export's row was confirmed or reclassified by a person."""
+    return (row.get("reviewed") or "").strip().lower() in REVIEWED
+
+
+def row_box(row: dict[str, str]) -> Box:
+    """The cell's box in a CSV row (source-image pixels)."""
+    return Box(*(round(float(row[k])) for k in BOX_COLUMNS), 0)
+
+
+def row_image(source: str, csv_path: Path) -> Path:
+    """The image a row's source names: absolute or found from here as written, else relative to the CSV's folder
+    (the leading quote that guards a spreadsheet formula removed)."""
+    path = Path(source.lstrip("'")).expanduser()
+    return path if path.is_absolute() or path.exists() else Path(csv_path).parent / path

@@ -81,6 +81,13 @@ class Box:
     def width(self) -> int:
         return self.x1 - self.x0
 
+    def divided_by(self, scale: float) -> "Box":
+        """The box in pixels `scale` times fewer (e.g. of an image decoded reduced by that factor)."""
+        if scale == 1.0:
+            return self
+        return Box(round(self.x0 / scale), round(self.y0 / scale), round(self.x1 / scale), round(self.y1 / scale),
+                   round(self.stained_area / scale / scale))
+
 
 def stain_mask(bgr: np.ndarray, settings: CropSettings) -> np.ndarray:
     """Binary mask of purple-stained pixels (nuclei, platelets) in a BGR frame."""
@@ -165,11 +172,7 @@ class ScaledFrame:
 
     def to_frame(self, box: Box) -> Box:
         """A box of `image` in the frame's pixels."""
-        if self.factor == 1.0:
-            return box
-        f = self.factor
-        return Box(round(box.x0 / f), round(box.y0 / f), round(box.x1 / f), round(box.y1 / f),
-                   round(box.stained_area / f / f))
+        return box.divided_by(self.factor)
 
 
 def _scaled(image: np.ndarray, factor: float, rbc_px: float | None,

@@ -18,11 +18,11 @@ from edge_app.core.image_decode import ImageError, load_image
 from edge_app.core.metadata import ModelFileError, read_model_metadata
 from edge_app.core.model_path import MODEL_HELP, find_model
 from edge_app.core.overlay import encode_jpeg
+from edge_app.core.records import CELL_COLUMNS, is_reviewed, row_box, row_image
 from edge_app.core.vision import Box, crop_for_model
 from edge_app.report.report import MAX_THUMBNAILS, ReportCell, ReportInput, render
 
 THUMBNAIL_PX = 112
-TRUE = {"1", "yes", "true", "y", "reviewed"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +42,7 @@ def read_results(path: Path) -> tuple[list[dict[str, str]], list[str]]:
         reader = csv.DictReader(handle)
         rows = list(reader)
         columns = reader.fieldnames or []
-    if not {"source", "label", "x0", "y0", "x1", "y1"} <= set(columns):
+    if not CELL_COLUMNS <= set(columns):
         raise ValueError(f"{path}: not a hemato run CSV (source, label and box columns missing)")
     return rows, [c[2:] for c in columns if c.startswith("p_")]
 
@@ -56,21 +56,19 @@ def build(results: Path, model_file: str, model_meta: dict, sample: str | None) 
             failed += 1
             continue
         cell = ReportCell(row["source"].lstrip("'"), row["label"], row.get("model_label") or row["label"],
-                          float(row.get("confidence") or 0), (row.get("reviewed") or "").strip().lower() in TRUE)
+                          float(row.get("confidence") or 0), is_reviewed(row))
         cells.append(cell)
         if sum(1 for c in cells if c.label == cell.label) <= MAX_THUMBNAILS and not int(row.get("frame") or 0):
-            box = Box(*(int(float(row[k])) for k in ("x0", "y0", "x1", "y1")), 0)
-            wanted.setdefault(cell.source, []).append((cell, box))
+            wanted.setdefault(cell.source, []).append((cell, row_box(row)))
     for source, items in wanted.items():
-        path = Path(source)
-        path = path if path.is_absolute() or path.exists() else results.parent / path
+        path = row_image(source, results)
         try:
             decoded = load_image(path)
         except (ImageError, OSError):
             continue
         bgr = as_bgr(decoded.image)
         for cell, b in items:
-            box = Box(*(round(v / decoded.scale) for v in (b.x0, b.y0, b.x1, b.y1)), 0)
+            box = b.divided_by(decoded.scale)
             if box.x1 > box.x0 and box.y1 > box.y0:
                 cell.jpeg = thumbnail(bgr, box)
     if sample is None:

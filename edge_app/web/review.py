@@ -24,7 +24,7 @@ from edge_app.core.frames import as_bgr
 from edge_app.core.image_decode import ImageError, load_image
 from edge_app.core.overlay import encode_jpeg
 from edge_app.core.pipeline import UNCERTAIN
-from edge_app.core.records import BASE_COLUMNS, csv_columns, differential
+from edge_app.core.records import BASE_COLUMNS, CELL_COLUMNS, csv_columns, differential, row_box, row_image
 from edge_app.core.vision import Box, crop_for_model
 from edge_app.report.report import ReportCell, ReportInput, render
 
@@ -96,15 +96,14 @@ class ReviewStore:
         path = Path(path)
         with open(path, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
-        if rows and not {"source", "label", "x0", "y0", "x1", "y1"} <= set(rows[0]):
+        if rows and not CELL_COLUMNS <= set(rows[0]):
             raise ValueError(f"{path}: not a hemato run CSV")
         notes, by_source = [], OrderedDict()
         for row in rows:
             if not row.get("error"):
                 by_source.setdefault(row["source"], []).append(row)
         for source, source_rows in by_source.items():
-            image = Path(source.lstrip("'"))
-            image = image if image.is_absolute() or image.exists() else path.parent / image
+            image = row_image(source, path)
             if any(int(r.get("frame") or 0) for r in source_rows):
                 notes.append(f"{source}: video frames are not reviewed")
                 continue
@@ -115,7 +114,7 @@ class ReviewStore:
                 continue
             bgr = as_bgr(decoded.image)
             for r in source_rows:
-                box = Box(*(round(float(r[k]) / decoded.scale) for k in ("x0", "y0", "x1", "y1")), 0)
+                box = row_box(r).divided_by(decoded.scale)
                 record = {**r, "source": str(image), "confidence": float(r.get("confidence") or 0),
                           "probabilities": {k[2:]: float(v) for k, v in r.items() if k.startswith("p_") and v}}
                 ident = self.add(None, record, crop_jpeg(bgr, box, input_size))
