@@ -107,7 +107,8 @@ def test_full_integer_input_is_quantised_not_cast(variants):
     """A uint8/int8 input must be scale/zero-point mapped: int8 casting of 200 would wrap to -56."""
     clf = Classifier(variants["full_int8"], threads=1)
     scale, zero = clf._in["quantization"]
-    q = clf._quantise_input(np.full((SIZE, SIZE, 3), 200, np.uint8))
+    from edge_app.core.model import input_value
+    q = input_value(np.full((SIZE, SIZE, 3), 200, np.uint8), clf._in)
     assert q.dtype == np.int8
     assert abs((float(q[0, 0, 0]) - zero) * scale - 200) <= scale
 

@@ -75,14 +75,8 @@ class HeadProbe:
 
     def run(self, rgb: np.ndarray) -> None:
         """Invoke on one RGB uint8 crop (S x S x 3)."""
-        dtype = self._input["dtype"]
-        if np.issubdtype(dtype, np.floating):
-            value = rgb.astype(dtype)
-        else:
-            scale, zero = self._input["quantization"]
-            info = np.iinfo(dtype)
-            value = np.clip(np.round(rgb / (scale or 1.0) + zero), info.min, info.max).astype(dtype)
-        self._interp.set_tensor(self._input["index"], value[None])
+        from edge_app.core.model import input_value
+        self._interp.set_tensor(self._input["index"], input_value(rgb, self._input)[None])
         self._interp.invoke()
 
     def tensor(self, index: int) -> np.ndarray:

@@ -85,6 +85,19 @@ def default_threads() -> int:
     return os.cpu_count() or 1
 
 
+def input_value(rgb: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """Pixels as an interpreter's input tensor (its get_input_details() entry) holds them: cast, or quantised."""
+    dtype = detail["dtype"]
+    if np.issubdtype(dtype, np.floating):
+        return rgb.astype(dtype)
+    scale, zero = detail["quantization"]
+    if scale == 0:
+        return rgb.astype(dtype)
+    info = np.iinfo(dtype)
+    q = np.round(rgb.astype(np.float32) / scale + zero)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax of logits / temperature, numerically stable."""
     z = np.asarray(logits, np.float64) / temperature
@@ -141,22 +154,11 @@ class Classifier:
     def output_dtype(self) -> str:
         return np.dtype(self._out["dtype"]).name
 
-    def _quantise_input(self, rgb: np.ndarray) -> np.ndarray:
-        dtype = self._in["dtype"]
-        if np.issubdtype(dtype, np.floating):
-            return rgb.astype(dtype)
-        scale, zero = self._in["quantization"]
-        if scale == 0:
-            return rgb.astype(dtype)
-        info = np.iinfo(dtype)
-        q = np.round(rgb.astype(np.float32) / scale + zero)
-        return np.clip(q, info.min, info.max).astype(dtype)
-
     def raw_outputs(self, rgb: np.ndarray) -> np.ndarray:
         """Dequantised model outputs (logits or probabilities) for one RGB uint8 crop S x S x 3."""
         if rgb.shape != (self.input_size, self.input_size, 3):
             raise ValueError(f"crop shape {rgb.shape}, model wants {(self.input_size, self.input_size, 3)}")
-        self._interp.set_tensor(self._in["index"], self._quantise_input(rgb)[None])
+        self._interp.set_tensor(self._in["index"], input_value(rgb, self._in)[None])
         self._interp.invoke()
         out = self._interp.get_tensor(self._out["index"])[0]
         scale, zero = self._out["quantization"]
