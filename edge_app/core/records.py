@@ -36,6 +36,11 @@ def cell_record(source: str, frame: int, index: int, cell: CellResult, labels: l
             "probabilities": {label: float(p) for label, p in zip(labels, cell.probabilities)}}
 
 
+def spreadsheet_safe(value: Any) -> Any:
+    """A text value that a spreadsheet would run as a formula (=, +, -, @ first), quoted; anything else as it is."""
+    return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@") else value
+
+
 def csv_values(record: dict[str, Any], labels: list[str]) -> list[Any]:
     """A record from cell_record as CSV values in csv_columns order (4 decimals for probabilities)."""
     fixed = [record[c] for c in BASE_COLUMNS]

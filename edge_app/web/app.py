@@ -31,7 +31,7 @@ from edge_app.core.model import Classifier, adaptation_note, runtime_version
 from edge_app.core.model_path import MODEL_HELP, find_model
 from edge_app.core.overlay import colour_hex, draw_results, encode_jpeg
 from edge_app.core.pipeline import FrameResult, classify_frame
-from edge_app.core.records import BASE_COLUMNS, cell_record, csv_columns, csv_values, differential
+from edge_app.core.records import BASE_COLUMNS, cell_record, csv_columns, csv_values, differential, spreadsheet_safe
 from edge_app.core.wording import NOT_DIAGNOSTIC, threshold_text, uncertain_meaning
 from edge_app.web.live import LiveCamera, mjpeg_stream
 from edge_app.web.review import ReviewStore, counts, crop_jpeg, export_csv, export_zip, session_report
@@ -86,18 +86,13 @@ def _rounded(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _csv_safe(value: Any) -> Any:
-    """Stop spreadsheet formula injection through uploaded file names."""
-    return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@") else value
-
-
 def rows_to_csv(rows: list[dict[str, Any]], labels: list[str]) -> str:
     """The rows as CSV with the columns and number formats of `hemato run` (p_<LABEL> per class)."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(csv_columns(labels))
     for r in rows:
-        writer.writerow(csv_values(r | {"source": _csv_safe(r["source"])}, labels))
+        writer.writerow(csv_values(r | {"source": spreadsheet_safe(r["source"])}, labels))
     return out.getvalue()
 
 
@@ -153,10 +148,10 @@ class _State:
     """What the routes share: the classifier, its lock, the sessions and the optional live camera."""
 
     def __init__(self, classifier: Classifier, min_confidence: float | None, camera: LiveCamera | None,
-                 lock: threading.Lock):
+                 lock: threading.Lock, review: ReviewStore):
         self.classifier, self.min_confidence, self.camera, self.lock = classifier, min_confidence, camera, lock
         self.sessions = SessionStore()
-        self.review = ReviewStore()
+        self.review = review
         self.explainer = None  # opened on the first heat-map request (edge_app.core.explain)
         self.snapshots = 0  # live frames added to a count
 
@@ -182,8 +177,7 @@ def create_app(classifier: Classifier, camera: str | None = None,
     review_store = ReviewStore()
     app.config["REVIEW_NOTES"] = review_store.load_csv(review, classifier.input_size) if review else []
     live = LiveCamera(classifier, camera, lock, min_confidence, rbc_diameter=rbc_diameter).start() if camera is not None else None
-    state = _State(classifier, min_confidence, live, lock)
-    state.review = review_store
+    state = _State(classifier, min_confidence, live, lock, review_store)
     app.extensions["hemato"] = state
     labels = classifier.labels
 

@@ -24,7 +24,8 @@ from edge_app.core.frames import as_bgr
 from edge_app.core.image_decode import ImageError, load_image
 from edge_app.core.overlay import encode_jpeg
 from edge_app.core.pipeline import UNCERTAIN
-from edge_app.core.records import BASE_COLUMNS, CELL_COLUMNS, csv_columns, differential, row_box, row_image
+from edge_app.core.records import (BASE_COLUMNS, CELL_COLUMNS, csv_columns, differential, row_box, row_image,
+                                   spreadsheet_safe)
 from edge_app.core.vision import Box, crop_for_model
 from edge_app.report.report import ReportCell, ReportInput, render
 
@@ -142,8 +143,7 @@ def export_csv(cells: list[ReviewCell], labels: list[str]) -> str:
     for c in cells:
         row = {**c.row, "label": c.label}
         fixed = [row.get(k, "") for k in BASE_COLUMNS]
-        source = str(fixed[0])
-        fixed[0] = "'" + source if source[:1] in ("=", "+", "-", "@") else source
+        fixed[0] = spreadsheet_safe(str(fixed[0]))
         fixed[BASE_COLUMNS.index("confidence")] = f"{float(row['confidence']):.4f}"
         fixed[BASE_COLUMNS.index("latency_ms")] = f"{float(row.get('latency_ms') or 0):.2f}"
         probabilities = row.get("probabilities") or {}
