@@ -273,10 +273,8 @@ def create_app(classifier: Classifier, camera: str | None = None,
 
     @app.get("/session.csv")
     def session_csv():
-        rows = state.sessions.rows(session_id())
-        name = time.strftime("hemato-session-%Y%m%d-%H%M%S.csv")
-        return Response(rows_to_csv(rows, labels), mimetype="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return _download(rows_to_csv(state.sessions.rows(session_id()), labels), "text/csv",
+                         time.strftime("hemato-session-%Y%m%d-%H%M%S.csv"))
 
     @app.get("/review")
     def review_page():
