@@ -1,4 +1,4 @@
-"""Time the whole `hemato run` pipeline per image (decode, scale, localise, preprocess, invoke, write) on a folder.
+"""Time the whole `hemato run` pipeline per image, stage by stage (edge_app.run.results.STAGES), on a folder.
 
 `python -m benchmarks.pipeline_bench MODEL FOLDER --threads N` prints one JSON line; bench.py runs it
 in a fresh process and sets its images/s beside the bare model's, so the overhead around invoke shows.
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.latency import PROGRESS_EVERY_S, peak_rss_bytes, spread, summarise
+from edge_app.run.results import STAGES
 
-STAGES = ("decode", "scale", "localise", "preprocess", "invoke", "write")
 WARMUP_IMAGES = 0  # `hemato run` has no warm-up: its first frames' one-off costs count
 
 

@@ -5,11 +5,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edge_app.run.results import STAGES as PIPELINE_STAGES
+
 MB = 1e6
 
 MODEL_COLUMNS = ["model", "variant", "threads", "size MB", "accuracy", "load ms", "p50 ms", "p95 ms", "p99 ms",
                  "mean ms", "FPS", "speed-up vs float32", "peak RSS MB"]
-PIPELINE_STAGES = ("decode", "scale", "localise", "preprocess", "invoke", "write")
 PIPELINE_COLUMNS = ["model", "threads", "images", "cells", "start-up ms", *PIPELINE_STAGES,
                     "other", "total ms/image", "images/s", "bare model images/s", "pipeline / bare", "peak RSS MB"]
 PI_COLUMNS = ["model", "variant", "threads", "p50 ms here", "× standard float32", "Pi 4 estimate ms",

@@ -86,7 +86,8 @@ def test_bench_writes_markdown_json_and_plot(tiny_tflite, tiny_int8, labelled, t
     pipeline = result["pipeline"]
     assert Path(pipeline["model"]).name == "tiny_int8.tflite" and pipeline["threads"] == 2
     assert pipeline["images"] == 8 and pipeline["cells"] >= 1
-    assert set(pipeline["stage_mean_ms"]) == {"decode", "scale", "localise", "preprocess", "invoke", "write"}
+    assert set(pipeline["stage_mean_ms"]) == {"decode", "rbc_estimate", "rescale", "localise", "preprocess",
+                                              "invoke", "write"}
     assert pipeline["images_per_s"] > 0 and pipeline["pipeline_over_bare"] > 0
 
     markdown = (out / "tiny.md").read_text()

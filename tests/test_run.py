@@ -90,7 +90,8 @@ def test_single_image_video_json_summary_and_threads(tmp_path, tiny_tflite, caps
                    "--threads", "1", "--json-summary", str(summary_path)]) == 0
     summary = json.loads(summary_path.read_text())
     assert summary["threads"] == 1 and summary["images_read"] == 1 and summary["cells_classified"] == 1
-    assert set(summary["stage_mean_ms"]) == {"decode", "scale", "localise", "preprocess", "invoke", "write"}
+    assert set(summary["stage_mean_ms"]) == {"decode", "rbc_estimate", "rescale", "localise", "preprocess",
+                                             "invoke", "write"}
     assert sum(v["count"] for v in summary["differential"].values()) == 1
 
     video = tmp_path / "recording.avi"

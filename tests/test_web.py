@@ -73,7 +73,8 @@ def test_classify_generated_image(client):
     # the default crop is the stained nucleus's own extent: centred on it, as wide within a pixel or two
     assert abs((row["x0"] + row["x1"]) / 2 - 160) <= 2 and row["x1"] - row["x0"] >= 2 * 30 - 2
     assert row["latency_ms"] == pytest.approx(sum(body["timings_ms"].values()), abs=0.01)
-    assert body["cells"] == 1 and set(body["timings_ms"]) == {"decode", "scale", "localise", "preprocess", "invoke"}
+    assert body["cells"] == 1 and set(body["timings_ms"]) == {"decode", "rbc_estimate", "rescale", "localise",
+                                                             "preprocess", "invoke"}
 
 
 def test_classify_annotated_and_no_cell(client):

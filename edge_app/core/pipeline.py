@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_app.core.model import Classifier
-from edge_app.core.vision import Box, crop_for_model, crop_statistics, located_cells, scale_frame
+from edge_app.core.vision import Box, crop_for_model, crop_statistics, frame_red_cells, located_cells, rescale_frame
 
-
+# classify_frame's timed stages, in order (ms in FrameResult.timings_ms)
+FRAME_STAGES = ("rbc_estimate", "rescale", "localise", "preprocess", "invoke")
 UNCERTAIN = "UNCERTAIN"
 LOW_CONFIDENCE = "low confidence"
 UNUSUAL_CROP = "unusual crop: colours unlike the training cells"
@@ -78,7 +79,9 @@ def classify_frame(classifier: Classifier, bgr: np.ndarray, min_confidence: floa
     settings = classifier.crop_settings
     threshold = classifier.min_confidence if min_confidence is None else min_confidence
     t0 = time.perf_counter()
-    frame = scale_frame(bgr, settings, rbc_diameter)
+    rbc_px, analysis = frame_red_cells(bgr, settings, rbc_diameter)
+    t_estimate = time.perf_counter()
+    frame = rescale_frame(bgr, settings, rbc_px, analysis)
     t1 = time.perf_counter()
     boxes = located_cells(frame, settings)
     t2 = time.perf_counter()
@@ -92,6 +95,6 @@ def classify_frame(classifier: Classifier, bgr: np.ndarray, min_confidence: floa
         cells.append(CellResult(frame.to_frame(box), probs, label, confidence, answer,
                                 (time.perf_counter() - start) * 1000, flag))
     t4 = time.perf_counter()
-    timings = {"scale": (t1 - t0) * 1000, "localise": (t2 - t1) * 1000, "preprocess": (t3 - t2) * 1000,
-               "invoke": (t4 - t3) * 1000}
+    ticks = (t0, t_estimate, t1, t2, t3, t4)
+    timings = {stage: (end - start) * 1000 for stage, start, end in zip(FRAME_STAGES, ticks, ticks[1:])}
     return FrameResult(cells, timings, frame.rbc_px)

@@ -183,16 +183,23 @@ def _scaled(image: np.ndarray, factor: float, rbc_px: float | None,
     return ScaledFrame(image, factor, rbc_px, keep)
 
 
-def scale_frame(bgr: np.ndarray, settings: CropSettings, rbc_px: float | None = None) -> ScaledFrame:
-    """The frame at the model's red-cell scale: rbc_px is its red-cell diameter in pixels when known (a
-    camera's calibration), else it is estimated. Unscaled when the model has no scale, no diameter is found,
-    or the resampled frame would be implausibly large or small."""
+def frame_red_cells(bgr: np.ndarray, settings: CropSettings,
+                    rbc_px: float | None = None) -> tuple[float | None, tuple[np.ndarray, float] | None]:
+    """The frame's red-cell diameter in pixels and the estimate's analysis copy: rbc_px when given (a
+    camera's calibration), else estimated when the model carries a scale; (None, None) when it has none."""
+    if not settings.rbc_diameter_px or rbc_px is not None:
+        return rbc_px, None
+    analysis = analysis_copy(bgr)
+    return estimate_rbc_diameter(bgr, analysis)[0], analysis
+
+
+def rescale_frame(bgr: np.ndarray, settings: CropSettings, rbc_px: float | None,
+                  analysis: tuple[np.ndarray, float] | None = None) -> ScaledFrame:
+    """The frame resampled to the model's red-cell scale, given its red-cell diameter (frame_red_cells).
+    Unscaled when the model has no scale, the diameter is unknown, or the resampled frame would be
+    implausibly large or small."""
     if not settings.rbc_diameter_px:
         return ScaledFrame(bgr)
-    analysis = None
-    if rbc_px is None:
-        analysis = analysis_copy(bgr)
-        rbc_px, _ = estimate_rbc_diameter(bgr, analysis)
     if not rbc_px or rbc_px <= 0:
         return _scaled(bgr, 1.0, None, analysis, settings)
     factor = settings.rbc_diameter_px / rbc_px
@@ -204,6 +211,12 @@ def scale_frame(bgr: np.ndarray, settings: CropSettings, rbc_px: float | None = 
         return _scaled(bgr, 1.0, rbc_px, analysis, settings)
     image = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
     return _scaled(image, size[0] / width, rbc_px, analysis, settings)
+
+
+def scale_frame(bgr: np.ndarray, settings: CropSettings, rbc_px: float | None = None) -> ScaledFrame:
+    """The frame at the model's red-cell scale: rbc_px is its red-cell diameter in pixels when known (a
+    camera's calibration), else it is estimated (frame_red_cells, then rescale_frame)."""
+    return rescale_frame(bgr, settings, *frame_red_cells(bgr, settings, rbc_px))
 
 
 def located_cells(frame: ScaledFrame, settings: CropSettings) -> list[Box]:

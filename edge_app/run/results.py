@@ -13,11 +13,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from edge_app.core.pipeline import UNCERTAIN, CellResult
+from edge_app.core.pipeline import FRAME_STAGES, UNCERTAIN, CellResult
 from edge_app.core.records import BASE_COLUMNS, cell_record, csv_columns, csv_values
 from edge_app.core.wording import uncertain_meaning
 
-STAGES = ("decode", "scale", "localise", "preprocess", "invoke", "write")
+STAGES = ("decode", *FRAME_STAGES, "write")  # a frame's stages in `hemato run`
 LATENCY_STAGES = STAGES[:-1]  # a frame's latency: decode..invoke
 MAX_FAILURES_LISTED = 20   # in the printed summary
 MAX_FAILURES_KEPT = 1000   # in memory and the JSON summary (a long run keeps counting past it)
