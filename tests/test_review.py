@@ -84,6 +84,27 @@ def test_review_reclassify_export_and_adapt_reads_it(client, tmp_path):
     assert cellset.crops[0].shape == (32, 32, 3)
 
 
+def test_a_reviewed_csv_reloads_with_the_values_hemato_adapt_accepts(classifier, tmp_path, tiny_tflite):
+    """A review export edited by hand ('Y', ' reviewed') loads as reviewed, as hemato adapt and report read it."""
+    results = run_csv(tmp_path, tiny_tflite)
+    with open(results, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    target = next(label for label in LABELS if label != rows[0]["label"])
+    marks = ["Y", " reviewed", "no"]
+    edited = tmp_path / "edited.csv"
+    with open(edited, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, [*rows[0], "model_label", "reviewed"])
+        writer.writeheader()
+        for row, mark in zip(rows, marks):
+            writer.writerow({**row, "label": target, "model_label": row["label"], "reviewed": mark})
+    app = web.create_app(classifier, review=str(edited))
+    try:
+        counts = app.test_client().get("/api/review").get_json()["counts"]
+    finally:
+        app.extensions["hemato"].close()
+    assert counts["total"] == 3 and counts["reviewed"] == 2 and counts["reclassified"] == 2
+
+
 def test_report_of_the_session_is_self_contained(client):
     cells = client.get("/api/review").get_json()["cells"]
     client.post(f"/api/review/{cells[0]['id']}", json={"label": LABELS[2]})

@@ -24,8 +24,8 @@ from edge_app.core.frames import as_bgr
 from edge_app.core.image_decode import ImageError, load_image
 from edge_app.core.overlay import encode_jpeg
 from edge_app.core.pipeline import UNCERTAIN
-from edge_app.core.records import (BASE_COLUMNS, CELL_COLUMNS, csv_columns, differential, row_box, row_image,
-                                   spreadsheet_safe)
+from edge_app.core.records import (BASE_COLUMNS, CELL_COLUMNS, csv_columns, differential, is_reviewed, row_box,
+                                   row_image, spreadsheet_safe)
 from edge_app.core.vision import Box, crop_for_model
 from edge_app.report.report import ReportCell, ReportInput, render
 
@@ -119,7 +119,7 @@ class ReviewStore:
                 record = {**r, "source": str(image), "confidence": float(r.get("confidence") or 0),
                           "probabilities": {k[2:]: float(v) for k, v in r.items() if k.startswith("p_") and v}}
                 ident = self.add(None, record, crop_jpeg(bgr, box, input_size))
-                if (r.get("reviewed") or "").lower() in ("yes", "1", "true"):
+                if is_reviewed(r):
                     self.set_label(None, ident, r["label"])
                     record["label"] = r.get("model_label") or r["label"]
         self.loaded_from = str(path)
