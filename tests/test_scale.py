@@ -91,7 +91,10 @@ def test_localiser_reads_the_estimates_analysis_copy():
     shrunk, = locate_cells(frame.image, upscaled, canonical=True)
     assert np.allclose([shared.x0, shared.y0, shared.x1, shared.y1], [shrunk.x0, shrunk.y0, shrunk.x1, shrunk.y1],
                        atol=0.03 * shrunk.width)
-    assert scale_frame(drawn_smear(), SCALED, rbc_px=60.0).analysis is None  # a given diameter: no estimate
+    # a given diameter (a camera's calibration) equal to the estimate: the same copy, the same boxes
+    given = scale_frame(drawn_smear(), upscaled, rbc_px=frame.rbc_px)
+    assert given.analysis is not None and located_cells(given, upscaled) == [shared]
+    assert scale_frame(drawn_smear(), SCALED, rbc_px=60.0).analysis is None  # halved: located as it is
 
 
 def test_nucleus_relative_crop_without_a_scale_or_without_red_cells():

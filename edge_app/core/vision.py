@@ -175,11 +175,15 @@ class ScaledFrame:
         return box.divided_by(self.factor)
 
 
-def _scaled(image: np.ndarray, factor: float, rbc_px: float | None,
-            analysis: tuple[np.ndarray, float] | None, settings: CropSettings) -> ScaledFrame:
-    """The ScaledFrame, keeping the analysis copy where the localiser would shrink `image` to that size."""
-    shrinks = max(image.shape[:2]) > settings.analysis_max_side == ANALYSIS_SIDE
-    keep = (analysis[0], analysis[1] / factor) if analysis is not None and shrinks else None
+def _scaled(image: np.ndarray, factor: float, rbc_px: float | None, analysis: tuple[np.ndarray, float] | None,
+            settings: CropSettings, frame: np.ndarray | None = None) -> ScaledFrame:
+    """The ScaledFrame, with an analysis copy where the localiser would shrink `image` to that size: the
+    estimate's, else one made from the original `frame` (a given diameter), so it is resampled once."""
+    if not max(image.shape[:2]) > settings.analysis_max_side == ANALYSIS_SIDE:
+        return ScaledFrame(image, factor, rbc_px)
+    if analysis is None and frame is not None:
+        analysis = analysis_copy(frame)
+    keep = (analysis[0], analysis[1] / factor) if analysis is not None else None
     return ScaledFrame(image, factor, rbc_px, keep)
 
 
@@ -210,7 +214,7 @@ def rescale_frame(bgr: np.ndarray, settings: CropSettings, rbc_px: float | None,
     if size == (width, height):
         return _scaled(bgr, 1.0, rbc_px, analysis, settings)
     image = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
-    return _scaled(image, size[0] / width, rbc_px, analysis, settings)
+    return _scaled(image, size[0] / width, rbc_px, analysis, settings, frame=bgr)
 
 
 def scale_frame(bgr: np.ndarray, settings: CropSettings, rbc_px: float | None = None) -> ScaledFrame:
