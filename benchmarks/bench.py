@@ -135,17 +135,20 @@ def pool_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def add_speedups(models: list[dict[str, Any]]) -> bool:
-    """Set speedup_vs_float32 = float32 p50 / p50 at the same thread count; False when no float32 is measured."""
+    """Set speedup_vs_float32 = float32 p50 / p50 at the same thread count; False when no float32 of ours is
+    measured. A model pairs with the float32 of its own base name, else with our only float32; the standard
+    MobileNetV2 files pair only with each other."""
     floats = [m for m in models if m["variant"] == "float32" and m["results"]]
+    ours = [f for f in floats if not f.get("reference")]
     for m in models:
         own = [f for f in floats if f["base"] == m["base"]]
-        ref = own[0] if own else (floats[0] if len(floats) == 1 else None)
+        ref = own[0] if own else (ours[0] if len(ours) == 1 and not m.get("reference") else None)
         ref_p50 = {r["threads"]: r["latency_ms"]["p50"] for r in ref["results"]} if ref else {}
         m["speedup_reference"] = ref["name"] if ref else None
         for r in m["results"]:
             base = ref_p50.get(r["threads"])
             r["speedup_vs_float32"] = base / r["latency_ms"]["p50"] if base else None
-    return bool(floats)
+    return bool(ours)
 
 
 def _note(notes: list[str], text: str) -> None:

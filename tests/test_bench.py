@@ -142,6 +142,24 @@ def test_variant_pairing_and_alternating_order():
     assert job_order(2, [1, 4], 1) == [(0, 1, 0), (1, 1, 0), (1, 4, 0), (0, 4, 0)]
 
 
+def test_standard_models_are_not_our_float32_reference():
+    """Without a float32 of ours, our int8 has no speed-up (not one against the standard MobileNetV2)."""
+    from benchmarks.bench import add_speedups
+
+    def model(name, variant, base, p50, reference=False):
+        return {"name": name, "variant": variant, "base": base, "reference": reference,
+                "results": [{"threads": 1, "latency_ms": {"p50": p50}}]}
+    ours = model("wbc_int8.tflite", "int8", "wbc", 6.0)
+    standard = [model("mobilenetv2_224_float32.tflite", "float32", "mobilenetv2_224", 3.0, True),
+                model("mobilenetv2_224_int8.tflite", "int8", "mobilenetv2_224", 2.0, True)]
+    assert add_speedups([ours, *standard]) is False
+    assert ours["speedup_reference"] is None and ours["results"][0]["speedup_vs_float32"] is None
+    assert standard[1]["results"][0]["speedup_vs_float32"] == 1.5
+    ours_float = model("wbc_float32.tflite", "float32", "wbc", 12.0)
+    assert add_speedups([ours_float, ours, *standard]) is True
+    assert ours["results"][0]["speedup_vs_float32"] == 2.0
+
+
 def test_plot_is_skipped_with_a_note_without_matplotlib(monkeypatch, tmp_path):
     from benchmarks.report import write_plot
     result = {"machine": {"cpu_model": "x", "cores": 1},
