@@ -200,3 +200,18 @@ def test_web_rows_carry_rbc_px(scaled_tiny):
                                   content_type="multipart/form-data").get_json()
     assert body["rows"] and all(row["rbc_px"] == 40.0 for row in body["rows"])
     assert {"rbc_estimate", "rescale"} <= set(body["timings_ms"])
+
+
+def test_frame_result_keeps_the_crops_the_model_classified(scaled_tiny):
+    """The review page and --explain show FrameResult.crops: the inputs behind each cell's answer, cut from
+    the frame at the model's scale (here enlarged 2x), not cut again from the original frame."""
+    from edge_app.core.pipeline import classify_crop, classify_frame
+    from edge_app.core.vision import crop_for_model
+    classifier = Classifier(scaled_tiny, threads=1)
+    frame = resized(drawn_smear(), 0.5)
+    result = classify_frame(classifier, frame)
+    assert result.rbc_px and len(result.crops) == len(result.cells) >= 1
+    for cell, crop in zip(result.cells, result.crops):
+        assert crop.shape == (classifier.input_size, classifier.input_size, 3)
+        assert np.array_equal(classify_crop(classifier, crop)[0], cell.probabilities)
+    assert not np.array_equal(result.crops[0], crop_for_model(frame, result.cells[0].box, classifier.input_size))

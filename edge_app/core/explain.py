@@ -25,9 +25,10 @@ class Explainer:
     """Class activation maps for one .tflite model."""
 
     def __init__(self, model_path: str | Path, threads: int | None = None):
-        self.probe = HeadProbe(model_path, threads=threads)
+        data = Path(model_path).read_bytes()
+        self.probe = HeadProbe(data, threads=threads)
         self.part = self.probe.spatial_part()
-        self.weights = read_dense_head(Path(model_path).read_bytes())[0]
+        self.weights = read_dense_head(data)[0]
 
     def activation_map(self, rgb: np.ndarray, class_index: int) -> np.ndarray:
         """(S, S) float map in [0, 1] of where the crop's evidence for the class lies (1 = most)."""
@@ -42,6 +43,10 @@ class Explainer:
         top = float(cam.max())
         return cam / top if top > 0 else cam
 
+
+    def overlay(self, rgb: np.ndarray, class_index: int) -> np.ndarray:
+        """The crop (RGB) with its map for the class laid over it (heat_overlay)."""
+        return heat_overlay(rgb, self.activation_map(rgb, class_index))
 
 def heat_overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """The crop (RGB) with the map laid over it in the JET colours (red: most evidence), RGB uint8."""

@@ -1,6 +1,7 @@
 """Draw classified cells on a frame (boxes, labels, FPS): shared by `hemato run`'s window and the web viewer."""
 from __future__ import annotations
 
+import base64
 import time
 
 import cv2
@@ -85,3 +86,13 @@ def encode_jpeg(bgr: np.ndarray, quality: int = 85) -> bytes:
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
+
+
+def rgb_jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
+    """JPEG bytes of an RGB image such as a model input (quality 92: close to what the model saw, small)."""
+    return encode_jpeg(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), quality)
+
+
+def jpeg_data_url(jpeg: bytes) -> str:
+    """A data: URL of JPEG bytes, for a page that must not fetch anything."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")

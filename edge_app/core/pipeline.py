@@ -45,6 +45,7 @@ class FrameResult:
     cells: list[CellResult]
     timings_ms: dict[str, float] = field(default_factory=dict)
     rbc_px: float | None = None  # the red-cell diameter (frame pixels) the frame was scaled by; None: not scaled
+    crops: list[np.ndarray] = field(default_factory=list, repr=False)  # the model's RGB input per cell
 
 
 def classify_crop(classifier: Classifier, rgb: np.ndarray) -> tuple[np.ndarray, str, float]:
@@ -97,4 +98,4 @@ def classify_frame(classifier: Classifier, bgr: np.ndarray, min_confidence: floa
     t4 = time.perf_counter()
     ticks = (t0, t_estimate, t1, t2, t3, t4)
     timings = {stage: (end - start) * 1000 for stage, start, end in zip(FRAME_STAGES, ticks, ticks[1:])}
-    return FrameResult(cells, timings, frame.rbc_px)
+    return FrameResult(cells, timings, frame.rbc_px, crops)

@@ -17,9 +17,9 @@ from edge_app.core.frames import as_bgr
 from edge_app.core.image_decode import ImageError, load_image
 from edge_app.core.metadata import ModelFileError, read_model_metadata
 from edge_app.core.model_path import MODEL_HELP, find_model
-from edge_app.core.overlay import encode_jpeg
+from edge_app.core.overlay import rgb_jpeg
 from edge_app.core.records import CELL_COLUMNS, is_reviewed, row_box, row_image
-from edge_app.core.vision import Box, crop_for_model
+from edge_app.core.vision import crop_for_model
 from edge_app.report.report import MAX_THUMBNAILS, ReportCell, ReportInput, render
 
 THUMBNAIL_PX = 112
@@ -30,10 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file (default report.html)")
     parser.add_argument("--model", help="the model that classified the cells: " + MODEL_HELP)
     parser.add_argument("--sample", help="what the sample is called (default: the folder of its images)")
-
-
-def thumbnail(bgr, box: Box) -> bytes:
-    return encode_jpeg(crop_for_model(bgr, box, THUMBNAIL_PX)[:, :, ::-1].copy(), 88)
 
 
 def read_results(path: Path) -> tuple[list[dict[str, str]], list[str]]:
@@ -70,7 +66,7 @@ def build(results: Path, model_file: str, model_meta: dict, sample: str | None) 
         for cell, b in items:
             box = b.divided_by(decoded.scale)
             if box.x1 > box.x0 and box.y1 > box.y0:
-                cell.jpeg = thumbnail(bgr, box)
+                cell.jpeg = rgb_jpeg(crop_for_model(bgr, box, THUMBNAIL_PX), 88)
     if sample is None:
         sources = [c.source for c in cells] or [str(results)]
         try:

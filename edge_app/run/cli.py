@@ -23,7 +23,7 @@ from edge_app.core.metadata import ModelFileError
 from edge_app.core.model import Classifier, adaptation_note, runtime_version
 from edge_app.core.model_path import MODEL_HELP, find_model
 from edge_app.core.overlay import FpsMeter, draw_results
-from edge_app.core.pipeline import CellResult, FrameResult, classify_frame
+from edge_app.core.pipeline import FrameResult, classify_frame
 from edge_app.core.records import csv_columns
 from edge_app.core.sources import SourceError, SourceLost
 from edge_app.core.wording import image_answer, threshold_text
@@ -131,19 +131,15 @@ class HeatMaps:
 
     def __init__(self, classifier: Classifier, folder: str):
         from edge_app.core.explain import Explainer
-        self.explainer, self.folder, self.size = Explainer(classifier.path, classifier.threads), Path(folder), \
-            classifier.input_size
+        self.explainer, self.folder = Explainer(classifier.path, classifier.threads), Path(folder)
         self.labels = classifier.labels
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def write(self, frame: Frame, bgr: np.ndarray, cells: list[CellResult]) -> None:
-        from edge_app.core.explain import heat_overlay
-        from edge_app.core.vision import crop_for_model
+    def write(self, frame: Frame, result: FrameResult) -> None:
+        """The maps of the crops the model classified (FrameResult.crops)."""
         stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(frame.source).stem)[:80]
-        for index, cell in enumerate(cells):
-            crop = crop_for_model(bgr, cell.box, self.size)
-            cam = self.explainer.activation_map(crop, self.labels.index(cell.predicted))
-            picture = np.hstack([crop, heat_overlay(crop, cam)])
+        for index, (cell, crop) in enumerate(zip(result.cells, result.crops)):
+            picture = np.hstack([crop, self.explainer.overlay(crop, self.labels.index(cell.predicted))])
             name = f"{stem}_f{frame.index}_c{index}_{cell.label}.png"
             cv2.imwrite(str(self.folder / name), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
 
@@ -181,7 +177,7 @@ def process_frame(frame: Frame, classifier: Classifier, writer: CsvWriter, stats
     if echo:
         print(f"{frame.source}: {image_answer(result.cells, classifier.labels, stats.threshold)}", flush=True)
     if heat_maps is not None:
-        heat_maps.write(frame, as_bgr(frame.image), result.cells)
+        heat_maps.write(frame, result)
     return result
 
 

@@ -7,7 +7,6 @@ only with --debug.
 from __future__ import annotations
 
 import argparse
-import base64
 import csv
 import io
 import secrets
@@ -29,12 +28,12 @@ from edge_app.core.image_decode import Decoded, ImageError, decode_image
 from edge_app.core.metadata import ModelFileError
 from edge_app.core.model import Classifier, adaptation_note, runtime_version
 from edge_app.core.model_path import MODEL_HELP, find_model
-from edge_app.core.overlay import colour_hex, draw_results, encode_jpeg
+from edge_app.core.overlay import colour_hex, draw_results, encode_jpeg, jpeg_data_url, rgb_jpeg
 from edge_app.core.pipeline import FrameResult, classify_frame
 from edge_app.core.records import BASE_COLUMNS, cell_record, csv_columns, csv_values, differential, spreadsheet_safe
 from edge_app.core.wording import NOT_DIAGNOSTIC, threshold_text, uncertain_meaning
 from edge_app.web.live import LiveCamera, mjpeg_stream
-from edge_app.web.review import ReviewStore, counts, crop_jpeg, export_csv, export_zip, session_report
+from edge_app.web.review import ReviewStore, counts, export_csv, export_zip, session_report
 from hemato.argtypes import rbc_diameter as diameter_px
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -109,7 +108,7 @@ def annotated_data_url(bgr: np.ndarray, result: FrameResult, labels: list[str]) 
     else:
         cells = result.cells
     shown = draw_results(bgr, cells, labels)
-    return "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(shown)).decode("ascii")
+    return jpeg_data_url(encode_jpeg(shown))
 
 
 class SessionStore:
@@ -250,9 +249,8 @@ def create_app(classifier: Classifier, camera: str | None = None,
         rows = result_rows(source, 0, result, labels, decode_ms)
         if session_id():
             state.sessions.add(session_id(), rows)
-            for row, cell in zip(rows, result.cells):
-                row["review_id"] = state.review.add(session_id(), dict(row),
-                                                    crop_jpeg(bgr, cell.box, classifier.input_size))
+            for row, crop in zip(rows, result.crops):  # the review page shows the crop the model saw
+                row["review_id"] = state.review.add(session_id(), dict(row), rgb_jpeg(crop))
         timings = {"decode": decode_ms, **result.timings_ms}
         body: dict[str, Any] = {"source": source, "model": classifier.name, "labels": labels,
                                 "width": int(bgr.shape[1]), "height": int(bgr.shape[0]), "cells": len(rows),
@@ -369,14 +367,14 @@ def create_app(classifier: Classifier, camera: str | None = None,
 def heat_map_png(state: _State, cell) -> bytes:
     """The cell's crop with its class activation map for the model's answer; the explainer (a second
     interpreter) is opened on the first request only."""
-    from edge_app.core.explain import Explainer, heat_overlay
+    from edge_app.core.explain import Explainer
     classifier = state.classifier
+    crop = cv2.cvtColor(cv2.imdecode(np.frombuffer(cell.jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     with state.lock:
         if state.explainer is None:
             state.explainer = Explainer(classifier.path, classifier.threads)
-        crop = cv2.cvtColor(cv2.imdecode(np.frombuffer(cell.jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        cam = state.explainer.activation_map(crop, classifier.labels.index(cell.row["predicted"]))
-    return cv2.imencode(".png", cv2.cvtColor(heat_overlay(crop, cam), cv2.COLOR_RGB2BGR))[1].tobytes()
+        shown = state.explainer.overlay(crop, classifier.labels.index(cell.row["predicted"]))
+    return cv2.imencode(".png", cv2.cvtColor(shown, cv2.COLOR_RGB2BGR))[1].tobytes()
 
 
 def _app_version() -> str:

@@ -17,16 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
-
 from edge_app.core.frames import as_bgr
 from edge_app.core.image_decode import ImageError, load_image
-from edge_app.core.overlay import encode_jpeg
+from edge_app.core.overlay import rgb_jpeg
 from edge_app.core.pipeline import UNCERTAIN
 from edge_app.core.records import (BASE_COLUMNS, CELL_COLUMNS, csv_columns, differential, is_reviewed, row_box,
                                    row_image, spreadsheet_safe)
-from edge_app.core.vision import Box, crop_for_model
+from edge_app.core.vision import crop_for_model
 from edge_app.report.report import ReportCell, ReportInput, render
 
 MAX_REVIEW_CELLS = 5000  # uploaded cells kept with their crops, all sessions together (oldest dropped)
@@ -46,11 +43,6 @@ class ReviewCell:
         return {"id": self.id, "source": self.row["source"], "label": self.label, "model_label": self.row["label"],
                 "predicted": self.row["predicted"], "confidence": self.row["confidence"],
                 "reason": self.row.get("reason", ""), "reviewed": self.reviewed}
-
-
-def crop_jpeg(bgr: np.ndarray, box: Box, size: int) -> bytes:
-    """The model's input for a cell, as JPEG (quality 92: close to what the model saw, small in memory)."""
-    return encode_jpeg(cv2.cvtColor(crop_for_model(bgr, box, size), cv2.COLOR_RGB2BGR), 92)
 
 
 class ReviewStore:
@@ -118,7 +110,7 @@ class ReviewStore:
                 box = row_box(r).divided_by(decoded.scale)
                 record = {**r, "source": str(image), "confidence": float(r.get("confidence") or 0),
                           "probabilities": {k[2:]: float(v) for k, v in r.items() if k.startswith("p_") and v}}
-                ident = self.add(None, record, crop_jpeg(bgr, box, input_size))
+                ident = self.add(None, record, rgb_jpeg(crop_for_model(bgr, box, input_size)))
                 if is_reviewed(r):
                     self.set_label(None, ident, r["label"])
                     record["label"] = r.get("model_label") or r["label"]
