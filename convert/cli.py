@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 from convert.calibration import CalibrationError, build_calibration_set
-from convert.converter import IO_TYPES, VARIANTS, ConversionError, convert_run, crop_settings, read_run_metadata
+from convert.converter import IO_TYPES, VARIANTS, ConversionError, convert_run, read_run_metadata
 from convert.recalibrate import RecalibrationError
 from edge_app.core.metadata import ModelFileError
+from edge_app.core.vision import CropSettings
 from network.model import ModelLoadError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is imported later; keep its INFO lines out
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.quant == "int8" and args.calib is None:
         raise ConversionError("--quant int8 needs --calib FOLDER of real images (e.g. the TRAIN split)")
     if args.calib is not None:
-        calibration = build_calibration_set(args.calib, crop_settings(meta), args.calib_count, args.seed)
+        calibration = build_calibration_set(args.calib, CropSettings.from_metadata(meta), args.calib_count, args.seed)
     print(f"converting {args.run} to {args.quant} ...", file=sys.stderr, flush=True)
     written = convert_run(args.run, args.quant, out, calibration, args.io or "uint8", args.io_out or "float32",
                           args.float_stem, refit_calibration=not args.keep_calibration,

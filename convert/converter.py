@@ -73,11 +73,6 @@ def read_run_metadata(run_dir: Path) -> dict[str, Any]:
     return meta
 
 
-def crop_settings(meta: dict[str, Any]) -> CropSettings:
-    """The crop the model was trained on, with input_size taken from the metadata."""
-    return CropSettings.from_dict({**meta.get("crop", {}), "input_size": meta["input_size"]})
-
-
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -148,7 +143,7 @@ def convert_model(model, variant: str, input_size: int, calibration: Calibration
 def tflite_metadata(run_meta: dict[str, Any], variant: str, io_dtypes: dict[str, str], source_sha256: str,
                     calibration: CalibrationSet | None) -> dict[str, Any]:
     """The run's metadata.json plus what conversion adds (variant, I/O types, source, calibration)."""
-    meta = {**run_meta, "crop": crop_settings(run_meta).to_dict(), "variant": variant, "io": io_dtypes,
+    meta = {**run_meta, "crop": CropSettings.from_metadata(run_meta).to_dict(), "variant": variant, "io": io_dtypes,
             "source_sha256": source_sha256}
     meta.setdefault("output", "logits")
     if calibration is not None:

@@ -100,8 +100,8 @@ def curve(model: Path, split: Path, sizes: list[int], seeds: int, copies: int, c
     print(f"adaptation_curve: {len(crops)} cells ({skipped} without a located cell)", file=sys.stderr)
     data = model.read_bytes()
     key = f"{sha256_of(data)}-{copies}-{len(crops)}"
-    if cache is not None and cache.is_file() and str(np.load(cache)["key"]) == key:
-        stored = np.load(cache)
+    stored = np.load(cache) if cache is not None and cache.is_file() else None
+    if stored is not None and str(stored["key"]) == key:
         features = (stored["x"], stored["cell"], stored["original"])
     else:
         start = time.perf_counter()

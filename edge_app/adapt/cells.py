@@ -17,7 +17,7 @@ import numpy as np
 from edge_app.core.crops import NO_CELL
 from edge_app.core.dataset import images_in
 from edge_app.core.frames import as_bgr
-from edge_app.core.image_decode import ImageError, load_image
+from edge_app.core.image_decode import Decoded, ImageError, load_image
 from edge_app.core.pipeline import UNCERTAIN
 from edge_app.core.records import CELL_COLUMNS, is_reviewed, row_box, row_image
 from edge_app.core.vision import Box, CropSettings, crop_for_model, largest_cell_crop
@@ -113,14 +113,18 @@ def plan_cells(cells: Path, labels: list[str]) -> list[CellPlan]:
     return plan_csv(cells, labels) if cells.is_file() else plan_folder(cells, labels)
 
 
-def read_cell(plan: CellPlan, settings: CropSettings) -> tuple[np.ndarray | None, str]:
-    """(the model input for one planned cell, "") or (None, why it is skipped)."""
+def decode(path: Path) -> tuple[Decoded | None, str]:
+    """(the decoded image, "") or (None, why it cannot be used)."""
     try:
-        decoded = load_image(plan.path)
+        return load_image(path), ""
     except ImageError as exc:
         return None, str(exc)
     except FileNotFoundError:
         return None, "file not found"
+
+
+def read_cell(plan: CellPlan, decoded: Decoded, settings: CropSettings) -> tuple[np.ndarray | None, str]:
+    """(the model input for one planned cell, "") or (None, why it is skipped), from its decoded image."""
     bgr = as_bgr(decoded.image)
     if plan.path.stem.endswith(CROP_MARK):
         return cv2.cvtColor(cv2.resize(bgr, (settings.input_size,) * 2, interpolation=cv2.INTER_AREA),
@@ -137,8 +141,11 @@ def read_cell(plan: CellPlan, settings: CropSettings) -> tuple[np.ndarray | None
 def load_cells(plans: list[CellPlan], labels: list[str], settings: CropSettings) -> CellSet:
     """Decode and crop every planned cell; CellsError when a class is left with too few usable cells."""
     cells = CellSet()
+    path, (decoded, unusable) = None, (None, "")
     for plan in plans:
-        crop, reason = read_cell(plan, settings)
+        if plan.path != path:  # a review export lists an image's cells one after another: decode it once
+            path, (decoded, unusable) = plan.path, decode(plan.path)
+        crop, reason = read_cell(plan, decoded, settings) if decoded is not None else (None, unusable)
         if crop is None:
             cells.skipped.append((str(plan.path), reason))
             continue

@@ -8,7 +8,7 @@ cross-validation over the given cells (their augmented copies always in the same
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -111,6 +111,5 @@ def fit_logit_range(head: AdaptedHead, features: np.ndarray, logit_range: tuple[
     spread = float(logits.max() - logits.min())
     shrink = min(1.0, margin * (hi - lo) / spread) if spread > 0 else 1.0
     centre = (lo + hi) / 2
-    return AdaptedHead(head.weights * shrink, (bias - centre) * shrink + centre, head.temperature * shrink,
-                       head.min_confidence, head.strength, head.folds, head.cv_accuracy, head.base_accuracy,
-                       head.cv_answered)
+    return replace(head, weights=head.weights * shrink, bias=(bias - centre) * shrink + centre,
+                   temperature=head.temperature * shrink)

@@ -39,8 +39,8 @@ class HeadProbe:
         dense = [op for op in self._ops if op["op_name"] == "FULLY_CONNECTED"]
         if not dense:
             raise ModelFileError("the model has no dense (FULLY_CONNECTED) layer")
-        self.features_tensor = int(dense[-1]["inputs"][0])
-        self.weights_tensor = int(dense[-1]["inputs"][1])
+        self._dense = dense[-1]  # the classifier's dense layer (the last one)
+        self.features_tensor = int(self._dense["inputs"][0])
         self.width = int(self._tensors[self.features_tensor]["shape"][-1])
         self._input = self._interp.get_input_details()[0]
 
@@ -94,8 +94,7 @@ class HeadProbe:
 
     def logit_range(self) -> tuple[float, float] | None:
         """(lowest, highest) logit the file can carry when it quantises the dense layer's output, else None."""
-        dense = [op for op in self._ops if op["op_name"] == "FULLY_CONNECTED"][-1]
-        output = int(dense["outputs"][0])
+        output = int(self._dense["outputs"][0])
         for op in self._ops:
             if op["op_name"] == "QUANTIZE" and output in list(op["inputs"]):
                 quantised = self._tensors[int(op["outputs"][0])]

@@ -10,6 +10,7 @@ import argparse
 import csv
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 
@@ -46,7 +47,7 @@ def read_results(path: Path) -> tuple[list[dict[str, str]], list[str]]:
 def build(results: Path, model_file: str, model_meta: dict, sample: str | None) -> ReportInput:
     rows, labels = read_results(results)
     labels = list(model_meta.get("labels") or labels)
-    cells, failed, wanted = [], 0, {}
+    cells, failed, wanted, per_label = [], 0, {}, Counter()
     for row in rows:
         if row.get("error"):
             failed += 1
@@ -54,7 +55,8 @@ def build(results: Path, model_file: str, model_meta: dict, sample: str | None) 
         cell = ReportCell(row["source"].lstrip("'"), row["label"], row.get("model_label") or row["label"],
                           float(row.get("confidence") or 0), is_reviewed(row))
         cells.append(cell)
-        if sum(1 for c in cells if c.label == cell.label) <= MAX_THUMBNAILS and not int(row.get("frame") or 0):
+        per_label[cell.label] += 1
+        if per_label[cell.label] <= MAX_THUMBNAILS and not int(row.get("frame") or 0):
             wanted.setdefault(cell.source, []).append((cell, row_box(row)))
     for source, items in wanted.items():
         path = row_image(source, results)

@@ -36,15 +36,20 @@ function diffRow(label, count, ofAnswered, ofAll, className) {
   return tr;
 }
 
-function showDifferential(diff) {
-  const tbody = document.getElementById("diff-body");
-  if (!tbody) return;
+// One row per class, then UNCERTAIN. As in `hemato run`: UNCERTAIN cells are not in "% of answered";
+// "% of all cells" counts them in.
+function fillDifferential(tbody, diff) {
   tbody.replaceChildren();
   for (const c of diff.classes) {
     tbody.append(diffRow(c.label, c.count, c.percent.toFixed(1), c.percent_of_all.toFixed(1)));
   }
-  // As in `hemato run`: UNCERTAIN cells are not in "% of answered"; "% of all cells" counts them in.
   tbody.append(diffRow("UNCERTAIN", diff.uncertain, "–", diff.uncertain_percent.toFixed(1), "uncertain"));
+}
+
+function showDifferential(diff) {
+  const tbody = document.getElementById("diff-body");
+  if (!tbody) return;
+  fillDifferential(tbody, diff);
   document.getElementById("diff-certain").textContent = String(diff.certain);
   document.getElementById("diff-total").textContent = String(diff.total);
 }
@@ -233,12 +238,7 @@ if (countButton) {
 const reviewRoot = document.getElementById("review");
 
 function showReviewCounts(counts) {
-  const tbody = document.getElementById("review-counts");
-  tbody.replaceChildren();
-  for (const c of counts.classes) {
-    tbody.append(diffRow(c.label, c.count, c.percent.toFixed(1), c.percent_of_all.toFixed(1)));
-  }
-  tbody.append(diffRow("UNCERTAIN", counts.uncertain, "–", counts.uncertain_percent.toFixed(1), "uncertain"));
+  fillDifferential(document.getElementById("review-counts"), counts);
   document.getElementById("review-total").textContent = String(counts.total);
   document.getElementById("review-reviewed").textContent =
     counts.reviewed + (counts.reclassified ? " (" + counts.reclassified + " reclassified)" : "");
