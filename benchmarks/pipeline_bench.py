@@ -20,7 +20,7 @@ import numpy as np
 from benchmarks.latency import PROGRESS_EVERY_S, peak_rss_bytes, spread, summarise
 from edge_app.run.results import STAGES
 
-WARMUP_IMAGES = 0  # `hemato run` has no warm-up: its first frames' one-off costs count
+WARMUP_IMAGES = 0  # images run untimed before the timed ones: none, `hemato run` warms up only as below
 
 
 def _one_image(path: Path, classifier, writer) -> tuple[dict[str, float], int] | None:
@@ -47,10 +47,12 @@ def pipeline_timings(model: Path, folder: Path, threads: int, max_images: int | 
                      warmup_images: int = WARMUP_IMAGES) -> dict[str, Any]:
     """Mean ms per stage, total ms per image and images/s over the folder's images (searched recursively).
 
-    images/s counts the start-up (loading the model and its runtime) and any warm-up images, as a folder
-    run pays them: images / (start-up + warm-up + every image)."""
+    images/s counts the start-up (loading the model and its runtime, and `hemato run`'s warm-up on a
+    made-up frame) and any warm-up images, as a folder run pays them: images / (start-up + warm-up + every
+    image)."""
     from edge_app.core.dataset import images_in
     from edge_app.core.model import Classifier
+    from edge_app.run.cli import warm_up
     from edge_app.run.results import CsvWriter
 
     paths = spread(images_in(folder, recursive=True), max_images)
@@ -58,6 +60,7 @@ def pipeline_timings(model: Path, folder: Path, threads: int, max_images: int | 
         raise ValueError(f"no images under {folder}")
     begin = time.perf_counter()
     classifier = Classifier(model, threads=threads)
+    warm_up(classifier)  # as `hemato run` does before its first image
     startup_ms = (time.perf_counter() - begin) * 1000
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
     wall_ms: list[float] = []

@@ -140,7 +140,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines += _table(PIPELINE_COLUMNS, [pipeline_row(p)], numeric_from=1)
         lines += ["", f"Mean ms per image and stage over `{p['folder']}` ({p['images_without_cell']} images without a "
                       f"cell, {p['failed']} unreadable). Invoke covers every cell of the image; other = loop overhead "
-                      "outside the stages. images/s counts the start-up (model load), as a folder run pays it; "
+                      "outside the stages. images/s counts the start-up (model load and warm-up), as a folder run pays it; "
                       "pipeline / bare = that over the bare model's FPS at the same thread count. Peak RSS: the "
                       "whole process."]
     else:
