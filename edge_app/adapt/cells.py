@@ -6,7 +6,6 @@ and skipped; a class left with fewer than MIN_CELLS usable cells is refused befo
 """
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from edge_app.core.dataset import images_in
 from edge_app.core.frames import as_bgr
 from edge_app.core.image_decode import Decoded, ImageError, load_image
 from edge_app.core.pipeline import UNCERTAIN
-from edge_app.core.records import CELL_COLUMNS, is_reviewed, row_box, row_image
+from edge_app.core.records import CELL_COLUMNS, is_reviewed, read_rows, row_box, row_image
 from edge_app.core.vision import Box, CropSettings, crop_for_model, largest_cell_crop
 
 MIN_CELLS = 3
@@ -85,10 +84,8 @@ def plan_folder(root: Path, labels: list[str]) -> list[CellPlan]:
 def plan_csv(path: Path, labels: list[str]) -> list[CellPlan]:
     """The reviewed rows of a review export (source, x0..y1, label, reviewed) as cells to read."""
     path = Path(path)
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = set(reader.fieldnames or [])
-        rows = list(reader)
+    rows, header = read_rows(path)
+    columns = set(header)
     if not CELL_COLUMNS <= columns:
         raise CellsError(f"{path}: not a review export (columns {', '.join(sorted(CELL_COLUMNS - columns))} missing)")
     if "reviewed" not in columns:

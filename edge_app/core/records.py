@@ -1,6 +1,7 @@
 """One located cell as a row: the columns and number formats of `hemato run`'s CSV, also the web viewer's."""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,13 @@ def differential(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any
 def is_reviewed(row: dict[str, Any]) -> bool:
     """Whether a review export's row was confirmed or reclassified by a person."""
     return (row.get("reviewed") or "").strip().lower() in REVIEWED
+
+
+def read_rows(path: str | Path) -> tuple[list[dict[str, str]], list[str]]:
+    """A results CSV's rows (`hemato run`'s or a review export) and its header's columns."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader), list(reader.fieldnames or [])
 
 
 def row_box(row: dict[str, str]) -> Box:

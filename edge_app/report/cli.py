@@ -7,7 +7,6 @@ Exit status: 0 written, 2 the CSV cannot be read.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from collections import Counter
@@ -19,7 +18,7 @@ from edge_app.core.image_decode import ImageError, load_image
 from edge_app.core.metadata import ModelFileError, read_model_metadata
 from edge_app.core.model_path import MODEL_HELP, find_model
 from edge_app.core.overlay import rgb_jpeg
-from edge_app.core.records import CELL_COLUMNS, is_reviewed, row_box, row_image
+from edge_app.core.records import CELL_COLUMNS, is_reviewed, read_rows, row_box, row_image
 from edge_app.core.vision import crop_for_model
 from edge_app.report.report import MAX_THUMBNAILS, ReportCell, ReportInput, render
 
@@ -35,10 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_results(path: Path) -> tuple[list[dict[str, str]], list[str]]:
     """The CSV's rows and its class labels (its p_<LABEL> columns, in order)."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        rows = list(reader)
-        columns = reader.fieldnames or []
+    rows, columns = read_rows(path)
     if not CELL_COLUMNS <= set(columns):
         raise ValueError(f"{path}: not a hemato run CSV (source, label and box columns missing)")
     return rows, [c[2:] for c in columns if c.startswith("p_")]

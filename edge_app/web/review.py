@@ -21,8 +21,8 @@ from edge_app.core.frames import as_bgr
 from edge_app.core.image_decode import ImageError, load_image
 from edge_app.core.overlay import rgb_jpeg
 from edge_app.core.pipeline import UNCERTAIN
-from edge_app.core.records import (BASE_COLUMNS, CELL_COLUMNS, csv_columns, differential, is_reviewed, row_box,
-                                   row_image, spreadsheet_safe)
+from edge_app.core.records import (BASE_COLUMNS, CELL_COLUMNS, csv_columns, differential, is_reviewed,
+                                   read_rows, row_box, row_image, spreadsheet_safe)
 from edge_app.core.vision import crop_for_model
 from edge_app.report.report import ReportCell, ReportInput, render
 
@@ -87,9 +87,8 @@ class ReviewStore:
     def load_csv(self, path: Path, input_size: int) -> list[str]:
         """Add every cell of a `hemato run` CSV, cut from its images on this machine; notes on what was skipped."""
         path = Path(path)
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-        if rows and not CELL_COLUMNS <= set(rows[0]):
+        rows, columns = read_rows(path)
+        if rows and not CELL_COLUMNS <= set(columns):
             raise ValueError(f"{path}: not a hemato run CSV")
         notes, by_source = [], OrderedDict()
         for row in rows:
