@@ -119,6 +119,36 @@ def accuracy(classifier, data: Path, max_images: int | None = None,
             "per_class": per_class, "unknown_labels": sorted(set(per_class) - set(classifier.labels))}
 
 
+def _load_and_time(load: Callable[[], Any], crops_for: Callable[[Any], list[np.ndarray]], runs: int,
+                   warmup: int) -> tuple[Any, dict[str, Any]]:
+    """Load a model (timed, with the memory it adds), warm it up on its crops and time `runs` invokes.
+
+    load() returns a Classifier or a BareModel; crops_for(model) the crops it is timed on.
+    """
+    gc.collect()
+    baseline = current_rss_bytes()
+    if baseline is None:
+        baseline = peak_rss_bytes()
+    start = time.perf_counter_ns()
+    model = load()
+    load_ms = (time.perf_counter_ns() - start) / 1e6
+    crops = crops_for(model)
+    start = time.perf_counter_ns()
+    model.raw_outputs(crops[0])
+    first_ms = (time.perf_counter_ns() - start) / 1e6
+    for i in range(max(warmup - 1, 0)):
+        model.raw_outputs(crops[i % len(crops)])
+    samples = time_invokes(model, crops, runs)
+    peak = peak_rss_bytes()
+    stats = summarise(samples)
+    return model, {
+        "runtime": model.runtime, "input_dtype": model.input_dtype, "output_dtype": model.output_dtype,
+        "input_size": model.input_size, "load_ms": load_ms, "first_invoke_ms": first_ms, "warmup": warmup,
+        "latency_ms": stats, "fps": 1000.0 / stats["mean"], "samples_ms": samples, "peak_rss_bytes": peak,
+        "baseline_rss_bytes": baseline, "rss_delta_bytes": peak - baseline,
+    }
+
+
 def measure(model: Path, threads: int, runs: int, warmup: int, data: Path | None = None,
             max_images: int | None = None, with_accuracy: bool = False) -> dict[str, Any]:
     """Load the model, warm it up, time `runs` invokes, read peak memory, then (optionally) its accuracy."""
@@ -127,35 +157,12 @@ def measure(model: Path, threads: int, runs: int, warmup: int, data: Path | None
     from edge_app.core.vision import CropSettings
 
     interpreter_class()  # import the runtime before the baseline: its import is not the model's memory
-    meta = read_model_metadata(model)
-    settings = CropSettings.from_metadata(meta)
-    crops = data_crops(data, settings) if data else []
+    settings = CropSettings.from_metadata(read_model_metadata(model))
+    crops = data_crops(data, settings) if data else []  # read before the baseline: not the model's memory
     source = f"{len(crops)} real crops" if crops else "synthetic crop"
     crops = crops or [synthetic_crop(settings.input_size)]
-    gc.collect()
-    baseline = current_rss_bytes()
-    peak_before = peak_rss_bytes()
-
-    start = time.perf_counter_ns()
-    classifier = Classifier(model, threads=threads)
-    load_ms = (time.perf_counter_ns() - start) / 1e6
-    start = time.perf_counter_ns()
-    classifier.raw_outputs(crops[0])
-    first_ms = (time.perf_counter_ns() - start) / 1e6
-    for i in range(max(warmup - 1, 0)):
-        classifier.raw_outputs(crops[i % len(crops)])
-    samples = time_invokes(classifier, crops, runs)
-    peak = peak_rss_bytes()
-    stats = summarise(samples)
-    result: dict[str, Any] = {
-        "model": str(model), "threads": threads, "runtime": classifier.runtime,
-        "input_dtype": classifier.input_dtype, "output_dtype": classifier.output_dtype,
-        "input_size": classifier.input_size, "input": source, "load_ms": load_ms, "first_invoke_ms": first_ms,
-        "warmup": warmup, "latency_ms": stats, "fps": 1000.0 / stats["mean"], "samples_ms": samples,
-        "peak_rss_bytes": peak,
-        "baseline_rss_bytes": baseline if baseline is not None else peak_before,
-        "rss_delta_bytes": peak - (baseline if baseline is not None else peak_before),
-    }
+    classifier, figures = _load_and_time(lambda: Classifier(model, threads=threads), lambda _: crops, runs, warmup)
+    result = {"model": str(model), "threads": threads, "input": source, **figures}
     if with_accuracy and data:
         result["accuracy"] = accuracy(classifier, data, max_images, lambda m: print(m, file=sys.stderr))
     return result
@@ -185,25 +192,21 @@ def measure_bare(model: Path, threads: int, runs: int, warmup: int) -> dict[str,
     """Load, warm-up and latency of a model without metadata, on a synthetic crop (no accuracy)."""
     from edge_app.core.model import interpreter_class
     interpreter_class()
-    gc.collect()
-    baseline = current_rss_bytes() or peak_rss_bytes()
-    start = time.perf_counter_ns()
-    bare = BareModel(model, threads)
-    load_ms = (time.perf_counter_ns() - start) / 1e6
-    crops = [synthetic_crop(bare.input_size)]
-    start = time.perf_counter_ns()
-    bare.raw_outputs(crops[0])
-    first_ms = (time.perf_counter_ns() - start) / 1e6
-    for _ in range(max(warmup - 1, 0)):
-        bare.raw_outputs(crops[0])
-    samples = time_invokes(bare, crops, runs)
-    peak = peak_rss_bytes()
-    stats = summarise(samples)
-    return {"model": str(model), "threads": threads, "runtime": bare.runtime, "input_dtype": bare.input_dtype,
-            "output_dtype": bare.output_dtype, "input_size": bare.input_size, "input": "synthetic crop",
-            "load_ms": load_ms, "first_invoke_ms": first_ms, "warmup": warmup, "latency_ms": stats,
-            "fps": 1000.0 / stats["mean"], "samples_ms": samples, "peak_rss_bytes": peak,
-            "baseline_rss_bytes": baseline, "rss_delta_bytes": peak - baseline}
+    _, figures = _load_and_time(lambda: BareModel(model, threads), lambda bare: [synthetic_crop(bare.input_size)],
+                                runs, warmup)
+    return {"model": str(model), "threads": threads, "input": "synthetic crop", **figures}
+
+
+def print_json_result(prog: str, compute: Callable[[], dict[str, Any]]) -> int:
+    """A measuring process's end: compute() as one JSON line on stdout (exit 0), or its error on stderr (2)."""
+    from edge_app.core.metadata import ModelFileError
+    try:
+        result = compute()
+    except (ModelFileError, ValueError, RuntimeError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
 
 
 def run_isolated(module: str, argv: list[str]) -> dict[str, Any]:
@@ -234,15 +237,11 @@ def _parser() -> argparse.ArgumentParser:
 def worker(argv: list[str] | None = None) -> int:
     """Entry point of the measuring process: one JSON line on stdout, errors on stderr."""
     args = _parser().parse_args(argv)
-    from edge_app.core.metadata import ModelFileError
-    try:
-        result = measure_bare(args.model, args.threads, args.runs, args.warmup) if args.bare else \
-            measure(args.model, args.threads, args.runs, args.warmup, args.data, args.max_images, args.accuracy)
-    except (ModelFileError, ValueError, RuntimeError) as exc:
-        print(f"benchmarks.latency: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result))
-    return 0
+    if args.bare:
+        return print_json_result("benchmarks.latency",
+                                 lambda: measure_bare(args.model, args.threads, args.runs, args.warmup))
+    return print_json_result("benchmarks.latency", lambda: measure(
+        args.model, args.threads, args.runs, args.warmup, args.data, args.max_images, args.accuracy))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ edge_app.run.results.CsvWriter (header once, a flush per row).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.latency import PROGRESS_EVERY_S, peak_rss_bytes, spread, summarise
+from benchmarks.latency import PROGRESS_EVERY_S, peak_rss_bytes, print_json_result, spread, summarise
 from edge_app.run.results import STAGES
 
 WARMUP_IMAGES = 0  # images run untimed before the timed ones: none, `hemato run` warms up only as below
@@ -111,14 +110,8 @@ def worker(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--warmup-images", type=int, default=WARMUP_IMAGES)
     args = parser.parse_args(argv)
-    from edge_app.core.metadata import ModelFileError
-    try:
-        result = pipeline_timings(args.model, args.folder, args.threads, args.max_images, args.warmup_images)
-    except (ModelFileError, ValueError, RuntimeError, OSError) as exc:
-        print(f"benchmarks.pipeline_bench: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result))
-    return 0
+    return print_json_result("benchmarks.pipeline_bench", lambda: pipeline_timings(
+        args.model, args.folder, args.threads, args.max_images, args.warmup_images))
 
 
 if __name__ == "__main__":
