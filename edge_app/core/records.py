@@ -42,13 +42,20 @@ def spreadsheet_safe(value: Any) -> Any:
     return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@") else value
 
 
+def _number(value: Any, digits: int) -> str:
+    """A number with `digits` decimals (also one read back from a CSV as text); empty where it is unknown."""
+    return "" if value is None or value == "" else f"{float(value):.{digits}f}"
+
+
 def csv_values(record: dict[str, Any], labels: list[str]) -> list[Any]:
-    """A record from cell_record as CSV values in csv_columns order (4 decimals for probabilities)."""
-    fixed = [record[c] for c in BASE_COLUMNS]
-    fixed[BASE_COLUMNS.index("confidence")] = f"{record['confidence']:.4f}"
-    fixed[BASE_COLUMNS.index("latency_ms")] = f"{record['latency_ms']:.2f}"
-    fixed[BASE_COLUMNS.index("rbc_px")] = "" if record["rbc_px"] is None else f"{record['rbc_px']:.1f}"
-    return fixed + [f"{record['probabilities'][label]:.4f}" for label in labels]
+    """A record (cell_record's, or a CSV row read back with its probabilities as a dict) as CSV values in
+    csv_columns order: 4 decimals for probabilities and confidence, 2 for the latency, 1 for rbc_px; a value
+    the record lacks stays empty."""
+    fixed = [record.get(c, "") for c in BASE_COLUMNS]
+    for column, digits in (("confidence", 4), ("latency_ms", 2), ("rbc_px", 1)):
+        fixed[BASE_COLUMNS.index(column)] = _number(record.get(column), digits)
+    probabilities = record.get("probabilities") or {}
+    return fixed + [_number(probabilities.get(label), 4) for label in labels]
 
 
 def differential(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:

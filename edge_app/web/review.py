@@ -21,8 +21,8 @@ from edge_app.core.frames import as_bgr
 from edge_app.core.image_decode import ImageError, load_image
 from edge_app.core.overlay import rgb_jpeg
 from edge_app.core.pipeline import UNCERTAIN
-from edge_app.core.records import (BASE_COLUMNS, CELL_COLUMNS, csv_columns, differential, is_reviewed,
-                                   read_rows, row_box, row_image, spreadsheet_safe)
+from edge_app.core.records import (CELL_COLUMNS, csv_columns, csv_values, differential, is_reviewed, read_rows,
+                                   row_box, row_image, spreadsheet_safe)
 from edge_app.core.vision import crop_for_model
 from edge_app.report.report import ReportCell, ReportInput, render
 
@@ -132,14 +132,8 @@ def export_csv(cells: list[ReviewCell], labels: list[str]) -> str:
     writer = csv.writer(out)
     writer.writerow(csv_columns(labels) + REVIEW_COLUMNS_EXTRA)
     for c in cells:
-        row = {**c.row, "label": c.label}
-        fixed = [row.get(k, "") for k in BASE_COLUMNS]
-        fixed[0] = spreadsheet_safe(str(fixed[0]))
-        fixed[BASE_COLUMNS.index("confidence")] = f"{float(row['confidence']):.4f}"
-        fixed[BASE_COLUMNS.index("latency_ms")] = f"{float(row.get('latency_ms') or 0):.2f}"
-        probabilities = row.get("probabilities") or {}
-        writer.writerow(fixed + [f"{float(probabilities.get(label, 0)):.4f}" for label in labels]
-                        + [c.row["label"], "yes" if c.reviewed else ""])
+        row = {**c.row, "label": c.label, "source": spreadsheet_safe(str(c.row["source"]))}
+        writer.writerow(csv_values(row, labels) + [c.row["label"], "yes" if c.reviewed else ""])
     return out.getvalue()
 
 
