@@ -1,11 +1,12 @@
-"""Write the HematoVision JSON metadata into a TFLite flatbuffer (embed_metadata needs TensorFlow)."""
+"""Write the HematoVision JSON metadata into a converted TFLite flatbuffer (needs TensorFlow; to replace it
+without TensorFlow: edge_app.core.tflite_file.with_metadata)."""
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 
-from edge_app.core.metadata import METADATA_NAME, ModelFileError, metadata_document, metadata_spans
+from edge_app.core.metadata import METADATA_NAME, metadata_document
 
 
 def embed_metadata(tflite_bytes: bytes, metadata: dict[str, Any]) -> bytes:
@@ -23,23 +24,6 @@ def embed_metadata(tflite_bytes: bytes, metadata: dict[str, Any]) -> bytes:
     entry.buffer = len(model.buffers) - 1
     model.metadata = [m for m in (model.metadata or []) if _name(m) != METADATA_NAME] + [entry]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def rewrite_metadata(tflite_bytes: bytes, metadata: dict[str, Any]) -> bytes:
-    """The model with its HematoVision metadata replaced by `metadata` in place: every other byte is kept.
-
-    The document is written compactly and padded with spaces (valid JSON) to the old one's length, so
-    the flatbuffer's layout does not move; ModelFileError when it does not fit.
-    """
-    spans = metadata_spans(tflite_bytes)
-    if METADATA_NAME not in spans:
-        raise ModelFileError(f"the model has no '{METADATA_NAME}' metadata to rewrite")
-    start, length = spans[METADATA_NAME]
-    document = metadata_document(metadata, compact=True)
-    if len(document) > length:
-        raise ModelFileError(f"the new metadata ({len(document)} bytes) does not fit in place of the old "
-                             f"({length} bytes): convert the model again")
-    return tflite_bytes[:start] + document.ljust(length, b" ") + tflite_bytes[start + length:]
 
 
 def _name(meta: Any) -> str:

@@ -4,32 +4,31 @@
 `python -m convert.set_rbc_scale MODEL... --split TRAINING_SPLIT.csv` measures the median
 red-cell diameter over the training images (rows with split train or val; paths relative to the CSV)
 and writes it, with the reference short side, into each model's crop settings. Only the metadata
-bytes change (convert.metadata_writer.rewrite_metadata). `--diameter PX` skips the measurement.
+changes (edge_app.core.tflite_file.with_metadata). `--diameter PX` skips the measurement.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
+from edge_app.core.dataset import split_rows
 from edge_app.core.metadata import ModelFileError, read_model_metadata
+from edge_app.core.tflite_file import with_metadata, write_model
 
 
-def training_paths(split_csv: Path, splits: tuple[str, ...] = ("train", "val")) -> list[Path]:
-    """The images of the given splits in a training report's split.csv (paths relative to its folder)."""
-    with open(split_csv, newline="", encoding="utf-8") as f:
-        return [(split_csv.parent / row["filepath"]).resolve() for row in csv.DictReader(f) if row["split"] in splits]
+def training_paths(split_csv: Path) -> list[Path]:
+    """The train and val images of a training run's split CSV."""
+    return [Path(row["filepath"]) for split in ("train", "val") for row in split_rows(split_csv, split)]
 
 
 def set_scale(model: Path, diameter: float, short_side: int) -> None:
     """Rewrite the model's crop settings with rbc_diameter_px and reference_short_side, in place."""
-    from convert.metadata_writer import rewrite_metadata
     meta = read_model_metadata(model)
     meta.pop("format", None)
     meta["crop"] = {**meta.get("crop", {}), "rbc_diameter_px": round(diameter, 2),
                     "reference_short_side": short_side}
-    model.write_bytes(rewrite_metadata(model.read_bytes(), meta))
+    write_model(model, with_metadata(model.read_bytes(), meta))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,12 +82,17 @@ def metadata_buffers(model: _Table) -> list[tuple[str, _Table]]:
              buffers[meta.scalar(_METADATA_BUFFER, "<I")]) for meta in model.tables(_MODEL_METADATA)]
 
 
-def metadata_spans(model_bytes: bytes) -> dict[str, tuple[int, int]]:
-    """Where each metadata entry of a TFLite flatbuffer lies in it: {name: (start, length)}."""
+def model_table(model_bytes: bytes) -> _Table:
+    """The root Model table of a TFLite flatbuffer; ModelFileError when the bytes are not one."""
     if len(model_bytes) < 8 or model_bytes[4:8] != b"TFL3":
         raise ModelFileError("not a TFLite model (no TFL3 identifier)")
+    return _Table(model_bytes, struct.unpack_from("<I", model_bytes, 0)[0])
+
+
+def metadata_spans(model_bytes: bytes) -> dict[str, tuple[int, int]]:
+    """Where each metadata entry of a TFLite flatbuffer lies in it: {name: (start, length)}."""
+    model = model_table(model_bytes)
     try:
-        model = _Table(model_bytes, struct.unpack_from("<I", model_bytes, 0)[0])
         spans = {}
         for name, buffer in metadata_buffers(model):
             span = buffer.bytes_span(_BUFFER_DATA)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edge_app.core.metadata import (_MODEL_BUFFERS, METADATA_NAME, ModelFileError, _Table, metadata_buffers,
-                                    metadata_document)
+                                    metadata_document, model_table)
 
 # Field numbers in the TFLite schema (tensorflow/lite/schema/schema.fbs), beside those metadata.py reads.
 _MODEL_OPCODES, _MODEL_SUBGRAPHS = 1, 2
@@ -42,12 +42,6 @@ class DenseHead:
     input_tensor: int  # the tensor the dense layer reads (the interpreter's index in the main subgraph)
 
 
-def _root(data: bytes) -> _Table:
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise ModelFileError("not a TFLite model (no TFL3 identifier)")
-    return _Table(data, struct.unpack_from("<I", data, 0)[0])
-
-
 def _buffer_data_at(buffers: list[_Table], index: int) -> tuple[int, int]:
     """(position, length) of a buffer's inline data."""
     vec = buffers[index]._vector(0)
@@ -59,7 +53,7 @@ def _buffer_data_at(buffers: list[_Table], index: int) -> tuple[int, int]:
 def find_dense_head(data: bytes) -> DenseHead:
     """The last FULLY_CONNECTED op of the main subgraph, with float32 constant weights and bias."""
     try:
-        model = _root(data)
+        model = model_table(data)
         codes = [max(c.scalar(_OPCODE_DEPRECATED, "<b"), c.scalar(_OPCODE_BUILTIN, "<i"))
                  for c in model.tables(_MODEL_OPCODES)]
         graph = model.tables(_MODEL_SUBGRAPHS)[0]
@@ -108,8 +102,8 @@ def with_dense_head(data: bytes, weights: np.ndarray, bias: np.ndarray) -> bytes
 
 
 def with_metadata(data: bytes, metadata: dict[str, Any]) -> bytes:
-    """A copy of the model whose HematoVision metadata is `metadata` (as convert.metadata_writer writes it)."""
-    buffer = dict(metadata_buffers(_root(data))).get(METADATA_NAME)
+    """A copy of the model whose HematoVision metadata is `metadata` (as convert.metadata_writer embeds it)."""
+    buffer = dict(metadata_buffers(model_table(data))).get(METADATA_NAME)
     if buffer is None:
         raise ModelFileError(f"the model has no '{METADATA_NAME}' metadata to replace")
     field = buffer._field(0)
