@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_app.adapt.adapt import DEFAULT_COPIES, adapt_file, cell_features, sha256_of
+from edge_app.adapt.adapt import DEFAULT_COPIES, adapted_model, cell_features, sha256_of
 from edge_app.adapt.cells import CellSet
 from edge_app.core.crops import file_cell_crop
 from edge_app.core.dataset import split_rows
@@ -99,13 +99,14 @@ def curve(model: Path, split: Path, sizes: list[int], seeds: int, copies: int, c
     y = np.array(y)
     print(f"adaptation_curve: {len(crops)} cells ({skipped} without a located cell)", file=sys.stderr)
     data = model.read_bytes()
+    probe = HeadProbe(data, threads=threads)
     key = f"{sha256_of(data)}-{copies}-{len(crops)}"
     stored = np.load(cache) if cache is not None and cache.is_file() else None
     if stored is not None and str(stored["key"]) == key:
         features = (stored["x"], stored["cell"], stored["original"])
     else:
         start = time.perf_counter()
-        features = cell_features(HeadProbe(data, threads=threads), crops, copies,
+        features = cell_features(probe, crops, copies,
                                  lambda d: print(f"\rfeatures {d}/{len(crops)}", end="", file=sys.stderr))
         print(f"\nfeatures: {time.perf_counter() - start:.0f} s", file=sys.stderr)
         if cache is not None:
@@ -130,7 +131,7 @@ def curve(model: Path, split: Path, sizes: list[int], seeds: int, copies: int, c
                 sub = (x[rows], np.array([renumber[c] for c in cell[rows]]), original[rows])
                 cells = CellSet([crops[c] for c in chosen], [labels[y[c]] for c in chosen])
                 start = time.perf_counter()
-                adapted, meta = adapt_file(model, cells, labels, base.metadata, copies, seed, threads, sub, quiet=True)
+                adapted, meta = adapted_model(model, data, probe, sub, cells, labels, base.metadata, copies, seed)
                 fit_s = time.perf_counter() - start
                 path = Path(tmp) / f"adapted_{n}_{seed}.tflite"
                 path.write_bytes(adapted)

@@ -84,23 +84,29 @@ def adapted_metadata(base_meta: dict[str, Any], base_path: Path, base_data: byte
 
 def adapt_file(base_path: Path, cells: CellSet, labels: list[str], base_meta: dict[str, Any],
                copies: int = DEFAULT_COPIES, seed: int = 0, threads: int | None = None,
-               features: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                quiet: bool = False) -> tuple[bytes, dict[str, Any]]:
-    """(the adapted .tflite bytes, its metadata). `features` may be given precomputed (cell_features)."""
+    """(the adapted .tflite bytes, its metadata): the cells' features through the file, then adapted_model."""
     base_data = Path(base_path).read_bytes()
     probe = HeadProbe(base_data, threads=threads)
-    if features is None:
-        def progress(done: int) -> None:
-            if not quiet:
-                print(f"\rhemato adapt: features of {done}/{len(cells.crops)} cells", end="", file=sys.stderr,
-                      flush=True)
-        features = cell_features(probe, cells.crops, copies, progress)
+
+    def progress(done: int) -> None:
         if not quiet:
-            print(file=sys.stderr)
+            print(f"\rhemato adapt: features of {done}/{len(cells.crops)} cells", end="", file=sys.stderr, flush=True)
+    features = cell_features(probe, cells.crops, copies, progress)
+    if not quiet:
+        print(file=sys.stderr)
+    return adapted_model(Path(base_path), base_data, probe, features, cells, labels, base_meta, copies, seed)
+
+
+def adapted_model(base_path: Path, base_data: bytes, probe: HeadProbe,
+                  features: tuple[np.ndarray, np.ndarray, np.ndarray], cells: CellSet, labels: list[str],
+                  base_meta: dict[str, Any], copies: int, seed: int) -> tuple[bytes, dict[str, Any]]:
+    """(the adapted .tflite bytes, its metadata) from the cells' features (cell_features through `probe`, the
+    base file's HeadProbe): a new head fitted to them, written into a copy of base_data."""
     x, cell, original = features
     y = np.array([labels.index(cells.labels[c]) for c in cell])
     w0, b0 = read_dense_head(base_data)
     head = adapt_head(x, y, cell, original, w0, b0, seed)
     head = fit_logit_range(head, x, probe.logit_range())
-    meta = adapted_metadata(base_meta, Path(base_path), base_data, head, cells, labels, copies)
+    meta = adapted_metadata(base_meta, base_path, base_data, head, cells, labels, copies)
     return with_metadata(with_dense_head(base_data, head.weights, head.bias), meta), meta
