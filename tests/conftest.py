@@ -78,3 +78,19 @@ def smear_folder(tmp_path) -> Path:
     for i in range(3):
         cv2.imwrite(str(folder / f"smear_{i}.jpg"), make_smear(seed=i))
     return folder
+
+
+def run_csv(folder: Path, model: Path, out: Path) -> Path:
+    """`hemato run` over a folder into the CSV `out` (one thread); the CSV's path."""
+    from hemato.cli import main
+    assert main(["run", str(folder), "--model", str(model), "--csv", str(out), "--threads", "1"]) == 0
+    return out
+
+
+def smears_run(tmp_path: Path, model: Path, count: int = 3) -> Path:
+    """The `hemato run` CSV (tmp_path/results.csv) of `count` one-cell synthetic smears in tmp_path/sample."""
+    folder = tmp_path / "sample"
+    folder.mkdir()
+    for i in range(count):
+        cv2.imwrite(str(folder / f"smear_{i:02d}.png"), make_smear(seed=i))
+    return run_csv(folder, model, tmp_path / "results.csv")

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import LABELS, make_smear
+from conftest import LABELS, make_smear, smears_run
 
 flask = pytest.importorskip("flask")
 
@@ -22,21 +22,9 @@ def classifier(tiny_tflite) -> Classifier:
     return Classifier(tiny_tflite, threads=1)
 
 
-def run_csv(tmp_path, model) -> "Path":
-    """A `hemato run` CSV of three one-cell smears (and their images beside it)."""
-    from hemato.cli import main
-    folder = tmp_path / "sample"
-    folder.mkdir()
-    for i in range(3):
-        cv2.imwrite(str(folder / f"smear_{i}.png"), make_smear(seed=i))
-    out = tmp_path / "results.csv"
-    assert main(["run", str(folder), "--model", str(model), "--csv", str(out), "--threads", "1"]) == 0
-    return out
-
-
 @pytest.fixture
 def client(classifier, tmp_path, tiny_tflite):
-    app = web.create_app(classifier, review=str(run_csv(tmp_path, tiny_tflite)))
+    app = web.create_app(classifier, review=str(smears_run(tmp_path, tiny_tflite)))
     yield app.test_client()
     app.extensions["hemato"].close()
 
@@ -107,7 +95,7 @@ def test_csv_values_leave_what_a_record_lacks_empty():
 
 def test_a_reviewed_csv_reloads_with_the_values_hemato_adapt_accepts(classifier, tmp_path, tiny_tflite):
     """A review export edited by hand ('Y', ' reviewed') loads as reviewed, as hemato adapt and report read it."""
-    results = run_csv(tmp_path, tiny_tflite)
+    results = smears_run(tmp_path, tiny_tflite)
     with open(results, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     target = next(label for label in LABELS if label != rows[0]["label"])
@@ -142,7 +130,7 @@ def test_hemato_report_cli(tmp_path, tiny_tflite):
     from hemato.cli import main
     from edge_app.core.tflite_file import with_metadata
     from edge_app.core.metadata import read_model_metadata
-    results = run_csv(tmp_path, tiny_tflite)
+    results = smears_run(tmp_path, tiny_tflite)
     adapted = tmp_path / "adapted.tflite"
     meta = read_model_metadata(tiny_tflite)
     meta["adaptation"] = {"date": "2026-12-05", "base_file": "base.tflite", "cv_accuracy": 0.9,

@@ -11,12 +11,12 @@ import time
 from base64 import b64decode
 from pathlib import Path
 
-import cv2
 import pytest
 
-from conftest import LABELS, SHARED_DATA, make_smear
+from conftest import LABELS, SHARED_DATA, run_csv, smears_run
 from edge_app.core.model_path import DEFAULT_MODEL_NAME
-from test_web_browser import ARTIFACTS, DevToolsPipe, evaluate, find_chromium, serving, wait_for
+from test_web_browser import (ARTIFACTS, DevToolsPipe, browser, evaluate, find_chromium,  # noqa: F401
+                              new_tab, serving, wait_for)
 
 pytest.importorskip("flask")
 pytestmark = pytest.mark.skipif(find_chromium() is None, reason="chromium not found: run .ci/install-browser")
@@ -24,39 +24,6 @@ pytestmark = pytest.mark.skipif(find_chromium() is None, reason="chromium not fo
 
 def serving_review(model_path: Path, review_csv: Path, threads: int = 1):
     return serving(model_path, threads, review=str(review_csv))
-
-
-@pytest.fixture
-def browser(tmp_path):
-    pipe = DevToolsPipe(find_chromium(), tmp_path / "chromium-profile")
-    yield pipe
-    pipe.close()
-
-
-def run_csv(folder: Path, model: Path, out: Path) -> Path:
-    from hemato.cli import main
-    assert main(["run", str(folder), "--model", str(model), "--csv", str(out), "--threads", "1"]) == 0
-    return out
-
-
-def smears_run(tmp_path: Path, model: Path, count: int) -> Path:
-    """The `hemato run` CSV of `count` one-cell synthetic smears (written to tmp_path/sample)."""
-    folder = tmp_path / "sample"
-    folder.mkdir()
-    for i in range(count):
-        cv2.imwrite(str(folder / f"smear_{i:02d}.png"), make_smear(seed=i))
-    return run_csv(folder, model, tmp_path / "results.csv")
-
-
-def open_page(browser: DevToolsPipe, url: str, width: int = 1280, height: int = 1000) -> str:
-    target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-    session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-    for domain in ("Page", "Runtime", "Log"):
-        browser.send(f"{domain}.enable", session=session)
-    browser.send("Emulation.setDeviceMetricsOverride",
-                 {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session)
-    browser.send("Page.navigate", {"url": url}, session)
-    return session
 
 
 STATE = """JSON.stringify({
@@ -83,7 +50,7 @@ def page_state(browser, session) -> dict:
 
 def review_and_check(browser: DevToolsPipe, url: str, screenshot: Path) -> dict:
     """Open /review, reclassify the first cell with a class button, the second with a key; check counts and export."""
-    session = open_page(browser, url + "/review")
+    session = new_tab(browser, url + "/review", height=1000)
     wait_for(browser, session, "document.querySelectorAll('figure.thumb').length > 0 && "
                                "document.getElementById('review-total').textContent !== '0'")
     before = page_state(browser, session)
@@ -114,7 +81,7 @@ def review_and_check(browser: DevToolsPipe, url: str, screenshot: Path) -> dict:
 
 
 def print_pdf(browser: DevToolsPipe, html_file: Path, pdf: Path) -> bytes:
-    session = open_page(browser, html_file.resolve().as_uri())
+    session = new_tab(browser, html_file.resolve().as_uri(), height=1000)
     wait_for(browser, session, "document.readyState === 'complete'")
     result = browser.send("Page.printToPDF", {"printBackground": True, "preferCSSPageSize": True,
                                               "displayHeaderFooter": False}, session)
@@ -183,7 +150,7 @@ def test_real_cells_review_page_and_printed_report(browser, tmp_path):
     results = run_csv(folder, SHIPPED_MODEL, tmp_path / "results.csv")
     with serving_review(SHIPPED_MODEL, results, threads=2) as url:
         state = review_and_check(browser, url, ARTIFACTS / "review_page.png")
-        session = open_page(browser, url + "/review")
+        session = new_tab(browser, url + "/review", height=1000)
         wait_for(browser, session, "document.querySelectorAll('figure.thumb').length > 0")
         exported = tmp_path / "reviewed.csv"
         exported.write_text(fetch_text(browser, session, "/review.csv"))

@@ -192,15 +192,21 @@ PAGE_STATE = """JSON.stringify({
 })"""
 
 
-def open_page(browser: DevToolsPipe, url: str, height: int = 1100) -> str:
-    """A new tab on the upload page, loaded; its DevTools session."""
+def new_tab(browser: DevToolsPipe, url: str, width: int = 1280, height: int = 1100) -> str:
+    """A new tab of that size navigated to url (not waited for); its DevTools session."""
     target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     for domain in ("Page", "Runtime", "Log"):
         browser.send(f"{domain}.enable", session=session)
     browser.send("Emulation.setDeviceMetricsOverride",
-                 {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False}, session)
-    browser.send("Page.navigate", {"url": url + "/"}, session)
+                 {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session)
+    browser.send("Page.navigate", {"url": url}, session)
+    return session
+
+
+def open_page(browser: DevToolsPipe, url: str, height: int = 1100) -> str:
+    """A new tab on the upload page, loaded; its DevTools session."""
+    session = new_tab(browser, url + "/", height=height)
     wait_for(browser, session, "document.readyState === 'complete' && !!document.getElementById('file') "
                                "&& document.getElementById('diff-body').children.length > 0")
     return session
