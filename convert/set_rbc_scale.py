@@ -2,7 +2,8 @@
 
 (for a model converted before models carried their scale; training now stores it itself)
 `python -m convert.set_rbc_scale MODEL... --split TRAINING_SPLIT.csv` measures the median
-red-cell diameter over the training images (rows with split train or val; paths relative to the CSV)
+red-cell diameter over the training images (rows with split train or val; a relative path is read from
+the folder training ran in, else from the CSV's folder; a missing image is an error)
 and writes it, with the reference short side, into each model's crop settings. Only the metadata
 changes (edge_app.core.tflite_file.with_metadata). `--diameter PX` skips the measurement.
 """

@@ -33,6 +33,7 @@ def bad_models(folder: Path, bare: bytes, good: Path) -> dict[str, tuple[Path, s
         "random.tflite": (bytes(range(256)) * 40, "not a TFLite model"),
         "empty.tflite": (b"", "not a TFLite model"),
         "half.tflite": (good.read_bytes()[:len(good.read_bytes()) // 2], "TFLite"),
+        "root_past_end.tflite": (b"\xff\xff\x00\x00TFL3" + bytes(8), "corrupt TFLite flatbuffer"),
         "no_metadata.tflite": (bare, "no 'hemato_edge' metadata (labels, input size)"),
         "no_labels.tflite": (with_metadata(bare, no_labels), "no usable 'labels' list"),
         "wrong_size.tflite": (with_metadata(bare, tiny_metadata(LABELS, 48)),

@@ -83,16 +83,6 @@ def test_export_of_a_loaded_csv_keeps_its_values(client, tmp_path):
         assert {k: after[k] for k in before if k != "source"} == {k: v for k, v in before.items() if k != "source"}
 
 
-def test_csv_values_leave_what_a_record_lacks_empty():
-    """A row without a latency or a class's probability (an upload, an older CSV) is not given an invented 0."""
-    from edge_app.core.records import csv_columns, csv_values
-    record = {"source": "a.png", "frame": "0", "cell": "0", "label": LABELS[0], "confidence": "0.5",
-              "probabilities": {LABELS[0]: 0.5}}
-    values = dict(zip(csv_columns(LABELS), csv_values(record, LABELS)))
-    assert values["confidence"] == "0.5000" and values[f"p_{LABELS[0]}"] == "0.5000"
-    assert values["latency_ms"] == "" and values["rbc_px"] == "" and values[f"p_{LABELS[1]}"] == ""
-
-
 def test_a_reviewed_csv_reloads_with_the_values_hemato_adapt_accepts(classifier, tmp_path, tiny_tflite):
     """A review export edited by hand ('Y', ' reviewed') loads as reviewed, as hemato adapt and report read it."""
     results = smears_run(tmp_path, tiny_tflite)

@@ -318,3 +318,13 @@ def test_a_full_disk_stops_the_run_with_status_2_and_says_so(tmp_path, smear_fol
     assert f"Stopped early: cannot write {out}: No space left on device" in captured.out
     assert captured.err.strip().splitlines()[-1].startswith(f"hemato run: error: cannot write {out}")
     assert len(read_csv(out)[1]) == 1
+
+
+def test_csv_values_leave_what_a_record_lacks_empty():
+    """A row without a latency or a class's probability (an upload, an older CSV) is not given an invented 0."""
+    from edge_app.core.records import csv_columns, csv_values
+    record = {"source": "a.png", "frame": "0", "cell": "0", "label": LABELS[0], "confidence": "0.5",
+              "probabilities": {LABELS[0]: 0.5}}
+    values = dict(zip(csv_columns(LABELS), csv_values(record, LABELS)))
+    assert values["confidence"] == "0.5000" and values[f"p_{LABELS[0]}"] == "0.5000"
+    assert values["latency_ms"] == "" and values["rbc_px"] == "" and values[f"p_{LABELS[1]}"] == ""

@@ -23,10 +23,9 @@ class ModelFileError(ValueError):
     """The file is not a usable HematoVision TFLite model; the message says why."""
 
 
-def metadata_document(metadata: dict[str, Any], compact: bool = False) -> bytes:
+def metadata_document(metadata: dict[str, Any]) -> bytes:
     """The JSON bytes a model stores under METADATA_NAME: `metadata` with the FORMAT tag, keys sorted."""
-    separators = (",", ":") if compact else None
-    return json.dumps({"format": FORMAT, **metadata}, sort_keys=True, separators=separators).encode("utf-8")
+    return json.dumps({"format": FORMAT, **metadata}, sort_keys=True).encode("utf-8")
 
 
 class _Table:
@@ -86,7 +85,10 @@ def model_table(model_bytes: bytes) -> _Table:
     """The root Model table of a TFLite flatbuffer; ModelFileError when the bytes are not one."""
     if len(model_bytes) < 8 or model_bytes[4:8] != b"TFL3":
         raise ModelFileError("not a TFLite model (no TFL3 identifier)")
-    return _Table(model_bytes, struct.unpack_from("<I", model_bytes, 0)[0])
+    try:
+        return _Table(model_bytes, struct.unpack_from("<I", model_bytes, 0)[0])
+    except (struct.error, IndexError) as exc:
+        raise ModelFileError(f"corrupt TFLite flatbuffer: {exc}") from exc
 
 
 def metadata_spans(model_bytes: bytes) -> dict[str, tuple[int, int]]:
