@@ -1,4 +1,4 @@
-"""HematoVision Edge classifies stained white blood cells (eosinophil, lymphocyte, monocyte, neutrophil) in
+"""HematoVision Edge classifies stained white blood cells (basophil, eosinophil, lymphocyte, monocyte, neutrophil) in
 microscope images, on a Raspberry Pi or any computer: each cell gets a class and a confidence, or UNCERTAIN
 when the model is not sure, and a folder gets its differential count. Not a diagnostic device: a qualified
 person must confirm every result."""

@@ -19,7 +19,7 @@ def percent(p: float) -> str:
 
 
 def threshold_text(threshold: float) -> str:
-    """The answer threshold as a percentage to 0.01 (98.57 %), the precision it is stored with."""
+    """The answer threshold as a percentage to 0.01 (99.17 %), the precision it is stored with."""
     return f"{100 * threshold:.2f} %"
 
 
