@@ -80,7 +80,8 @@ def test_adapt_round_trip_without_tensorflow(tmp_path, base_model):
 
 @pytest.mark.parametrize("problem, expected", [
     ("unknown class", "BASOPHIL not a class of this model"),
-    ("too few", "at least 3 cells; too few: MONOCYTE 2"),
+    ("too few", "needs at least 3; too few: MONOCYTE 2"),
+    ("one class", "at least two classes need 3 cells or more"),
     ("no images", "no images"),
     ("not reviewed", "no 'reviewed' column"),
     ("too few usable", "too few: NEUTROPHIL 2"),
@@ -98,6 +99,10 @@ def test_refusals_come_before_any_work(problem, expected, tmp_path, base_model, 
         cv2.imwrite(str(cells / "BASOPHIL" / "a.png"), make_smear())
     if problem == "too few":
         (cells / "MONOCYTE" / "monocyte_000.png").unlink()
+    if problem == "one class":
+        for label in LABELS[1:]:
+            for path in (cells / label).iterdir():
+                path.unlink()
     if problem == "too few usable":
         (cells / "NEUTROPHIL" / "neutrophil_000.png").write_bytes(b"garbage")
     if problem == "not reviewed":
@@ -109,6 +114,39 @@ def test_refusals_come_before_any_work(problem, expected, tmp_path, base_model, 
     assert status == 2 and expected in err, err
     assert "features of" not in err  # refused before the backbone ran
     assert not out.exists()
+
+
+def test_a_class_without_cells_keeps_its_base_row(tmp_path, base_model, capsys):
+    """A laboratory with no cells of a class (a rare one) can adapt: that class's dense row stays the base's."""
+    from hemato.cli import main
+    from edge_app.core.tflite_file import read_dense_head
+    cells = lab_folder(tmp_path / "cells", per_class=4, seed=3)
+    for path in (cells / "MONOCYTE").iterdir():
+        path.unlink()
+    (cells / "MONOCYTE").rmdir()
+    out = tmp_path / "adapted.tflite"
+    assert main(["adapt", str(cells), "--model", str(base_model), "--out", str(out), "--copies", "0"]) == 0
+    assert "No cells of MONOCYTE" in capsys.readouterr().out
+    (w0, b0), (w1, b1) = read_dense_head(base_model.read_bytes()), read_dense_head(out.read_bytes())
+    k = LABELS.index("MONOCYTE")
+    assert np.array_equal(w1[k], w0[k]) and b1[k] == b0[k]
+    assert not np.allclose(np.delete(w1, k, axis=0), np.delete(w0, k, axis=0))
+
+
+def test_the_fit_does_not_crowd_out_a_class_without_cells():
+    """Fitted on three of four classes, the head still gives the fourth class its own samples (the given
+    classes are not raised against it)."""
+    from edge_app.adapt.fit import fit_head
+    rng = np.random.default_rng(0)
+    centres = 3.0 * np.eye(4, 6)
+    x = np.concatenate([c + rng.normal(0, 1.0, (60, 6)) for c in centres])
+    y = np.repeat(np.arange(4), 60)
+    w0, b0 = centres.copy(), -0.5 * (centres ** 2).sum(axis=1)  # the base: nearest centre
+    given = y != 3
+    w, b = fit_head(x[given], y[given], w0, b0, strength=0.1)
+    assert np.array_equal(w[3], w0[3]) and b[3] == b0[3]
+    base_recall = np.mean((x[~given] @ w0.T + b0).argmax(1) == 3)
+    assert np.mean((x[~given] @ w.T + b).argmax(1) == 3) >= base_recall - 0.02
 
 
 def test_review_export_csv_is_read_with_its_boxes(tmp_path, base_model, capsys):

@@ -68,7 +68,9 @@ def test_review_reclassify_export_and_adapt_reads_it(client, tmp_path):
     archive.extractall(tmp_path / "unzipped")
     from edge_app.adapt.cells import CellPlan
     crop_file = next((tmp_path / "unzipped" / "cells" / target).iterdir())
-    cellset = load_cells([CellPlan(crop_file, target)] * 3, [target], CropSettings(input_size=32))
+    other = next(label for label in LABELS if label != target)
+    cellset = load_cells([CellPlan(crop_file, target)] * 3 + [CellPlan(crop_file, other)] * 3, [target, other],
+                         CropSettings(input_size=32))
     assert cellset.crops[0].shape == (32, 32, 3)
 
 

@@ -2,7 +2,9 @@
 
 Everything that can be refused is refused before any image is decoded (unknown class, too few files, no images);
 then every image is decoded and its cell located, and unreadable images or images without a cell are listed
-and skipped; a class left with fewer than MIN_CELLS usable cells is refused before the backbone runs.
+and skipped; a class left with 1 to MIN_CELLS - 1 usable cells, or fewer than two classes with cells, is refused
+before the backbone runs. A class with no cells at all keeps the base model's answer for it (a rare class such
+as basophils need not wait).
 """
 from __future__ import annotations
 
@@ -53,8 +55,14 @@ class CellSet:
 
 
 def _too_few(counts: Counter, labels: list[str]) -> str:
-    """The classes with fewer than MIN_CELLS cells and their counts ("LYMPHOCYTE 2, ..."); "" when none."""
-    return ", ".join(f"{label} {counts[label]}" for label in labels if counts[label] < MIN_CELLS)
+    """Why these cells per class cannot teach the model ("" when they can): a class given 1 to MIN_CELLS - 1
+    cells, or fewer than two classes with cells (a class without any cell keeps the base model's answer)."""
+    few = ", ".join(f"{label} {counts[label]}" for label in labels if 0 < counts[label] < MIN_CELLS)
+    if few:
+        return f"a class given cells needs at least {MIN_CELLS}; too few: {few}"
+    if sum(counts[label] >= MIN_CELLS for label in labels) < 2:
+        return f"at least two classes need {MIN_CELLS} cells or more"
+    return ""
 
 
 def _check_classes(found: Counter, labels: list[str], what: str) -> None:
@@ -63,7 +71,7 @@ def _check_classes(found: Counter, labels: list[str], what: str) -> None:
         raise CellsError(f"{what}: {', '.join(unknown)} not a class of this model (its classes: {', '.join(labels)})")
     few = _too_few(found, labels)
     if few:
-        raise CellsError(f"{what}: every class needs at least {MIN_CELLS} cells; too few: {few}")
+        raise CellsError(f"{what}: {few}")
 
 
 def plan_folder(root: Path, labels: list[str]) -> list[CellPlan]:
@@ -151,8 +159,7 @@ def load_cells(plans: list[CellPlan], labels: list[str], settings: CropSettings)
         cells.sources.append(str(plan.path))
     few = _too_few(Counter(cells.labels), labels)
     if few:
-        raise CellsError(f"every class needs at least {MIN_CELLS} usable cells; after skipping "
-                         f"{len(cells.skipped)} images, too few: {few}")
+        raise CellsError(f"after skipping {len(cells.skipped)} images, {few}")
     return cells
 
 

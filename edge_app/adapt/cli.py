@@ -25,7 +25,7 @@ DEFAULT_OUT = Path("models") / "adapted.tflite"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("cells", type=Path, help="a folder with one sub-folder per class, or the review page's CSV "
-                                                 f"(at least {MIN_CELLS} cells per class)")
+                                                 f"(at least {MIN_CELLS} cells of each class given)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"the adapted model (default: {DEFAULT_OUT})")
     parser.add_argument("--model", help="the base " + MODEL_HELP[4:])
     parser.add_argument("--copies", type=non_negative_int, default=DEFAULT_COPIES,
@@ -65,6 +65,9 @@ def main(args: argparse.Namespace) -> int:
     counts = cells.counts(labels)
     print("Cells: " + ", ".join(f"{label} {n}" for label, n in counts.items())
           + (f" ({len(cells.skipped)} images skipped)" if cells.skipped else ""))
+    kept = [label for label, n in counts.items() if n == 0]
+    if kept:
+        print(f"No cells of {', '.join(kept)}: kept as the base model learnt {'it' if len(kept) == 1 else 'them'}")
     try:
         data, written = adapt_file(base, cells, labels, meta, min(args.copies, 3), args.seed, args.threads)
     except (ModelFileError, RuntimeError) as exc:

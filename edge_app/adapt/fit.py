@@ -4,7 +4,8 @@ The deployed graph averages the dense layer's logits over its rotation views; th
 that equals the dense layer applied to the mean of the views' features: one sample per (augmented) crop.
 Loss: mean cross-entropy + strength / 2 * ||W - W_base||^2 (the bias moves freely): with 5 cells per class
 the head moves a little, with 20 more. The strength, the temperature and the answer threshold are chosen by
-cross-validation over the given cells (their augmented copies always in the same fold as the cell).
+cross-validation over the given cells (their augmented copies always in the same fold as the cell). A class
+with no given cells (a rare one, such as basophils) keeps the base head's row.
 """
 from __future__ import annotations
 
@@ -21,8 +22,13 @@ MAX_FOLDS = 5
 
 def fit_head(x: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: np.ndarray, strength: float,
              iterations: int = 400) -> tuple[np.ndarray, np.ndarray]:
-    """(W, b) minimising mean cross-entropy + strength / 2 * ||W - w0||^2 (Nesterov-accelerated gradient)."""
+    """(W, b) minimising mean cross-entropy + strength / 2 * ||W - w0||^2 (Nesterov-accelerated gradient).
+
+    A class without any sample in y keeps its base row (w0, b0) and is left out of the loss: with it in the
+    softmax, raising every other class together would lower the loss and crowd it out.
+    """
     n, classes = len(x), len(w0)
+    given = np.bincount(y, minlength=classes) > 0
     xb = np.hstack([x, np.ones((n, 1))])
     theta0 = np.hstack([w0, b0[:, None]]).T  # (D + 1, C)
     penalty = np.full((xb.shape[1], 1), strength)
@@ -33,7 +39,9 @@ def fit_head(x: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: np.ndarray, stren
     theta = previous = theta0.copy()
     for k in range(iterations):
         look = theta + (k / (k + 3)) * (theta - previous)
-        grad = xb.T @ (softmax(xb @ look) - onehot) / n + penalty * (look - theta0)
+        logits = xb @ look
+        logits[:, ~given] = -np.inf  # the cells say nothing of these classes: left out of the loss
+        grad = xb.T @ (softmax(logits) - onehot) / n + penalty * (look - theta0)
         previous, theta = theta, look - step * grad
     return theta[:-1].T.copy(), theta[-1].copy()
 
@@ -72,7 +80,8 @@ def adapt_head(features: np.ndarray, y: np.ndarray, cell: np.ndarray, original: 
     """
     cells = np.unique(cell)
     y_cells = np.array([y[cell == c][0] for c in cells])
-    folds = int(min(MAX_FOLDS, np.bincount(y_cells).min()))
+    counts = np.bincount(y_cells)
+    folds = int(min(MAX_FOLDS, counts[counts > 0].min()))  # classes without cells keep the base's row
     fold_of = dict(zip(cells, cell_folds(y_cells, folds, seed)))
     fold = np.array([fold_of[c] for c in cell])
     scale = float(np.mean(np.sum(features ** 2, axis=1)))
