@@ -80,11 +80,12 @@ def test_adapt_round_trip_without_tensorflow(tmp_path, base_model):
 
 @pytest.mark.parametrize("problem, expected", [
     ("unknown class", "BASOPHIL not a class of this model"),
-    ("too few", "needs at least 3; too few: MONOCYTE 2"),
+    ("too few", "too few cells of MONOCYTE 2: give at least 3 of a class, or none"),
     ("one class", "at least two classes need 3 cells or more"),
     ("no images", "no images"),
     ("not reviewed", "no 'reviewed' column"),
-    ("too few usable", "too few: NEUTROPHIL 2"),
+    ("too few usable", "after skipping 1 image, too few cells of NEUTROPHIL 2"),
+    ("none usable", "no usable cell of NEUTROPHIL is left after skipping 3 images"),
 ])
 def test_refusals_come_before_any_work(problem, expected, tmp_path, base_model, capsys):
     from hemato.cli import main
@@ -105,6 +106,9 @@ def test_refusals_come_before_any_work(problem, expected, tmp_path, base_model, 
                 path.unlink()
     if problem == "too few usable":
         (cells / "NEUTROPHIL" / "neutrophil_000.png").write_bytes(b"garbage")
+    if problem == "none usable":
+        for path in (cells / "NEUTROPHIL").iterdir():
+            path.write_bytes(b"garbage")
     if problem == "not reviewed":
         cells = tmp_path / "results.csv"
         cells.write_text("source,frame,cell,label,x0,y0,x1,y1\nx.png,0,0,MONOCYTE,0,0,10,10\n")
@@ -127,6 +131,11 @@ def test_a_class_without_cells_keeps_its_base_row(tmp_path, base_model, capsys):
     out = tmp_path / "adapted.tflite"
     assert main(["adapt", str(cells), "--model", str(base_model), "--out", str(out), "--copies", "0"]) == 0
     assert "No cells of MONOCYTE" in capsys.readouterr().out
+    from edge_app.core.metadata import read_model_metadata
+    from edge_app.core.model import adaptation_note
+    meta = read_model_metadata(out)
+    assert meta["adaptation"]["kept_from_base"] == ["MONOCYTE"]
+    assert "MONOCYTE as in the base" in adaptation_note(meta) and "MONOCYTE 0" not in adaptation_note(meta)
     (w0, b0), (w1, b1) = read_dense_head(base_model.read_bytes()), read_dense_head(out.read_bytes())
     k = LABELS.index("MONOCYTE")
     assert np.array_equal(w1[k], w0[k]) and b1[k] == b0[k]
@@ -147,6 +156,20 @@ def test_the_fit_does_not_crowd_out_a_class_without_cells():
     assert np.array_equal(w[3], w0[3]) and b[3] == b0[3]
     base_recall = np.mean((x[~given] @ w0.T + b0).argmax(1) == 3)
     assert np.mean((x[~given] @ w.T + b).argmax(1) == 3) >= base_recall - 0.02
+
+
+def test_cells_the_base_calls_a_class_given_no_cells_are_counted():
+    """Cells of a new stain that the base calls a class given no cells cannot be taught otherwise: counted."""
+    from edge_app.adapt.fit import adapt_head
+    rng = np.random.default_rng(1)
+    centres = 3.0 * np.eye(4, 6)
+    w0, b0 = centres.copy(), -0.5 * (centres ** 2).sum(axis=1)
+    looks = [centres[3], centres[1], centres[2]]  # class 0 of this laboratory looks like the base's class 3
+    x = np.concatenate([c + rng.normal(0, 0.7, (10, 6)) for c in looks])
+    y = np.repeat([0, 1, 2], 10)
+    head = adapt_head(x, y, np.arange(30), np.ones(30, bool), w0, b0)
+    assert np.array_equal(head.weights[3], w0[3])
+    assert head.called_kept >= 5
 
 
 def test_review_export_csv_is_read_with_its_boxes(tmp_path, base_model, capsys):

@@ -59,7 +59,8 @@ def _too_few(counts: Counter, labels: list[str]) -> str:
     cells, or fewer than two classes with cells (a class without any cell keeps the base model's answer)."""
     few = ", ".join(f"{label} {counts[label]}" for label in labels if 0 < counts[label] < MIN_CELLS)
     if few:
-        return f"a class given cells needs at least {MIN_CELLS}; too few: {few}"
+        return (f"too few cells of {few}: give at least {MIN_CELLS} of a class, or none (a class without cells "
+                "is kept as the base model learnt it)")
     if sum(counts[label] >= MIN_CELLS for label in labels) < 2:
         return f"at least two classes need {MIN_CELLS} cells or more"
     return ""
@@ -157,10 +158,20 @@ def load_cells(plans: list[CellPlan], labels: list[str], settings: CropSettings)
         cells.crops.append(crop)
         cells.labels.append(plan.label)
         cells.sources.append(str(plan.path))
-    few = _too_few(Counter(cells.labels), labels)
+    usable = Counter(cells.labels)
+    lost = sorted({plan.label for plan in plans} - set(usable))
+    if lost:  # given, but nothing usable: not the same as not given
+        raise CellsError(f"no usable cell of {', '.join(lost)} is left after skipping "
+                         f"{_images(len(cells.skipped))}; give usable images, or remove the class to keep it as "
+                         "the base model learnt it")
+    few = _too_few(usable, labels)
     if few:
-        raise CellsError(f"after skipping {len(cells.skipped)} images, {few}")
+        raise CellsError(f"after skipping {_images(len(cells.skipped))}, {few}")
     return cells
+
+
+def _images(count: int) -> str:
+    return f"{count} image{'s' if count != 1 else ''}"
 
 
 def augmented_crops(rgb: np.ndarray, copies: int) -> list[np.ndarray]:

@@ -81,6 +81,10 @@ def main(args: argparse.Namespace) -> int:
           f"base {100 * record['base_accuracy_on_these_cells']:.1f} % -> adapted {100 * record['cv_accuracy']:.1f} %")
     print(f"Calibration: temperature {written['temperature']}, answer threshold {written['min_confidence']} "
           f"({100 * record['cv_answered']:.0f} % of these cells answered, the rest UNCERTAIN)")
+    if record["cells_called_kept_class"]:
+        print(f"Note: {record['cells_called_kept_class']} of these cells are still called "
+              f"{' or '.join(record['kept_from_base'])} (cross-validated): without cells of that class the model "
+              "cannot learn they are not; review some and adapt again.")
     if written["min_confidence"] >= 1.0:
         print("Note: with these cells no threshold can be shown to reach the target accuracy, so every answer "
               "will be UNCERTAIN; add more reviewed cells.")

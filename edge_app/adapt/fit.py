@@ -69,6 +69,7 @@ class AdaptedHead:
     cv_accuracy: float        # out-of-fold top-1 accuracy of the adapted head on the given cells
     base_accuracy: float      # the base head's accuracy on the same cells (original crops)
     cv_answered: float        # share of cells answered (not UNCERTAIN) at the threshold, out of fold
+    called_kept: int = 0      # given cells whose out-of-fold top class is a class given no cells
 
 
 def adapt_head(features: np.ndarray, y: np.ndarray, cell: np.ndarray, original: np.ndarray,
@@ -80,7 +81,7 @@ def adapt_head(features: np.ndarray, y: np.ndarray, cell: np.ndarray, original: 
     """
     cells = np.unique(cell)
     y_cells = np.array([y[cell == c][0] for c in cells])
-    counts = np.bincount(y_cells)
+    counts = np.bincount(y_cells, minlength=len(w0))
     folds = int(min(MAX_FOLDS, counts[counts > 0].min()))  # classes without cells keep the base's row
     fold_of = dict(zip(cells, cell_folds(y_cells, folds, seed)))
     fold = np.array([fold_of[c] for c in cell])
@@ -102,9 +103,11 @@ def adapt_head(features: np.ndarray, y: np.ndarray, cell: np.ndarray, original: 
     probs = softmax(oof, temperature)
     weights, bias = fit_head(features, y, w0, b0, strength)
     base = features[scored] @ w0.T + b0
+    # the fit cannot teach that a cell is not of a class given no cells: count the cells still called one
+    called_kept = int((counts[oof.argmax(1)] == 0).sum())
     return AdaptedHead(weights, bias, float(temperature), float(threshold), float(strength), folds,
                        float((oof.argmax(1) == y[scored]).mean()), float((base.argmax(1) == y[scored]).mean()),
-                       float((probs.max(1) >= threshold).mean()))
+                       float((probs.max(1) >= threshold).mean()), called_kept)
 
 
 def fit_logit_range(head: AdaptedHead, features: np.ndarray, logit_range: tuple[float, float] | None,

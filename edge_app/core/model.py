@@ -184,8 +184,10 @@ def adaptation_note(metadata: dict[str, Any]) -> str:
     record = metadata.get("adaptation")
     if not isinstance(record, dict):
         return ""
-    counts = record.get("cells_per_class") or {}
+    counts = {k: v for k, v in (record.get("cells_per_class") or {}).items() if v}
+    kept = record.get("kept_from_base") or []
     accuracy = record.get("cv_accuracy")
     return (f"adapted {record.get('date', '?')} from {record.get('base_file', '?')} on {sum(counts.values())} "
             f"reviewed cells ({', '.join(f'{k} {v}' for k, v in counts.items())})"
+            + (f", {', '.join(kept)} as in the base" if kept else "")
             + (f", cross-validated accuracy {100 * accuracy:.1f} %" if accuracy is not None else ""))
