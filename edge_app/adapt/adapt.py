@@ -67,7 +67,7 @@ def adapted_metadata(base_meta: dict[str, Any], base_path: Path, base_data: byte
               "skipped_images": len(cells.skipped), "augmented_copies": copies,
               "cv_accuracy": round(head.cv_accuracy, 4), "base_accuracy_on_these_cells": round(head.base_accuracy, 4),
               "cv_answered": round(head.cv_answered, 4), "cv_folds": head.folds,
-              "kept_from_base": [label for label, n in cells.counts(labels).items() if n == 0],
+              "kept_from_base": cells.missing(labels),
               "cells_called_kept_class": head.called_kept,
               "regularisation": float(f"{head.strength:.4g}"),
               "base_calibration": {"temperature": base_meta.get("temperature"),

@@ -53,6 +53,10 @@ class CellSet:
     def counts(self, labels: list[str]) -> dict[str, int]:
         return {label: self.labels.count(label) for label in labels}
 
+    def missing(self, labels: list[str]) -> list[str]:
+        """The classes given no cells: kept as the base model learnt them."""
+        return [label for label, n in self.counts(labels).items() if n == 0]
+
 
 def _too_few(counts: Counter, labels: list[str]) -> str:
     """Why these cells per class cannot teach the model ("" when they can): a class given 1 to MIN_CELLS - 1

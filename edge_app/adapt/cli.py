@@ -65,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
     counts = cells.counts(labels)
     print("Cells: " + ", ".join(f"{label} {n}" for label, n in counts.items())
           + (f" ({len(cells.skipped)} images skipped)" if cells.skipped else ""))
-    kept = [label for label, n in counts.items() if n == 0]
+    kept = cells.missing(labels)
     if kept:
         print(f"No cells of {', '.join(kept)}: kept as the base model learnt {'it' if len(kept) == 1 else 'them'}")
     try:

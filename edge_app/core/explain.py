@@ -43,10 +43,10 @@ class Explainer:
         top = float(cam.max())
         return cam / top if top > 0 else cam
 
-
     def overlay(self, rgb: np.ndarray, class_index: int) -> np.ndarray:
         """The crop (RGB) with its map for the class laid over it (heat_overlay)."""
         return heat_overlay(rgb, self.activation_map(rgb, class_index))
+
 
 def heat_overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """The crop (RGB) with the map laid over it in the JET colours (red: most evidence), RGB uint8."""
