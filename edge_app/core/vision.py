@@ -130,6 +130,13 @@ def locate_cells(bgr: np.ndarray, settings: CropSettings, canonical: bool = Fals
         area = short * short * REFERENCE_ASPECT
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     radius = max(1, round(settings.merge_frac * short))
+    # Only the stained pixels' bounding box, widened by the merge reach, can hold a cell: merging and
+    # labelling that window alone finds the same cells at a fraction of the cost (the dilation dominated).
+    x, y, w, h = cv2.boundingRect(mask)
+    if not w:
+        return []
+    ox, oy = max(0, x - radius), max(0, y - radius)
+    mask = mask[oy:min(sh, y + h + radius), ox:min(sw, x + w + radius)]
     merged = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(merged, connectivity=8)
     boxes = []
@@ -143,7 +150,7 @@ def locate_cells(bgr: np.ndarray, settings: CropSettings, canonical: bool = Fals
         if _largest_blob_area(cell) < settings.min_lobe_frac * area:
             continue
         ys, xs = np.nonzero(cell)
-        x, y = x + xs.min(), y + ys.min()
+        x, y = ox + x + xs.min(), oy + y + ys.min()
         w, h = int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
         side = max(settings.crop_scale * max(w, h), settings.min_crop_frac * short)
         cx, cy = x + w / 2, y + h / 2
