@@ -68,12 +68,14 @@ def folder_scale(paths: Sequence[Path], factors: Sequence[float] = FACTORS, copi
 
 
 def markdown_table(results: dict[str, dict[str, Any]], factors: Sequence[float]) -> str:
-    """One row per folder: images, share without an estimate, median and IQR, each factor's ratio."""
+    """One row per folder: images (and how many could not be read), share of the readable ones without an
+    estimate, median and IQR, each factor's ratio."""
     head = "| folder | images | no estimate | median px | IQR px |" + "".join(f" {f:g}x ratio (p10-p90) |" for f in factors)
     lines = [head, "|---|---:|---:|---:|---:|" + "---:|" * len(factors)]
     for folder, r in results.items():
         share = "-" if r["no_estimate_share"] is None else f"{100 * r['no_estimate_share']:.1f} %"
-        cells = [folder, str(r["images"]), share]
+        images = f"{r['images']} ({r['unreadable']} unreadable)" if r["unreadable"] else str(r["images"])
+        cells = [folder, images, share]
         cells += [f"{r['median_px']:.1f}", f"{r['q1_px']:.1f}-{r['q3_px']:.1f}"] if "median_px" in r else ["-", "-"]
         for f in factors:
             c = r["copies"].get(str(f))

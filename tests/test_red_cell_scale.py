@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import make_smear
+from edge_app.core.dataset import images_in
 from evaluation.red_cell_scale import folder_scale, main
 
 RED_CELL_DIAMETER = 2 * int(240 * 0.08)  # make_smear's red cells at 320 x 240
@@ -23,7 +24,6 @@ def smears(tmp_path):
 
 
 def test_folder_figures_count_images_without_an_estimate_and_follow_resampling(smears):
-    from edge_app.core.dataset import images_in
     r = folder_scale(images_in(smears, recursive=True), factors=(0.5, 2.0), copies_every=1)
     assert (r["images"], r["unreadable"]) == (5, 1)
     assert r["no_estimate_share"] == pytest.approx(1 / 4)  # the white frame, of the four readable
@@ -36,7 +36,7 @@ def test_folder_figures_count_images_without_an_estimate_and_follow_resampling(s
 def test_cli_prints_a_row_per_folder_and_refuses_a_missing_one(smears, tmp_path, capsys):
     assert main([str(smears), "--factors", "2", "--json", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
-    assert "| 2x ratio (p10-p90) |" in out and f"| {smears} | 5 | 25.0 % |" in out
+    assert "| 2x ratio (p10-p90) |" in out and f"| {smears} | 5 (1 unreadable) | 25.0 % |" in out
     assert (tmp_path / "r.json").exists()
     assert main([str(tmp_path / "absent")]) == 2
     assert "is not a folder" in capsys.readouterr().err
