@@ -21,14 +21,15 @@ import cv2
 import numpy as np
 
 from edge_app.core.dataset import images_in
-from edge_app.core.frames import read_image
-from edge_app.core.scale import estimate_rbc_diameter
+from edge_app.core.scale import estimate_rbc_diameter, image_diameters
 
 FACTORS = (0.5, 2.0, 3.0)
 
 
 def resampled(bgr: np.ndarray, factor: float) -> np.ndarray:
-    """The image resampled by `factor` (INTER_AREA when shrinking, INTER_CUBIC when enlarging)."""
+    """The image resampled by `factor` (INTER_AREA when shrinking, INTER_CUBIC when enlarging); itself at 1."""
+    if factor == 1.0:
+        return bgr
     size = (max(1, round(bgr.shape[1] * factor)), max(1, round(bgr.shape[0] * factor)))
     return cv2.resize(bgr, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC)
 
@@ -39,22 +40,19 @@ def folder_scale(paths: Sequence[Path], factors: Sequence[float] = FACTORS, copi
     and per factor the ratio of the resampled copies' estimates (median, 10th and 90th percentiles)."""
     diameters, unreadable, with_estimate = [], 0, 0
     ratios: dict[float, list[float]] = {f: [] for f in factors}
-    for done, path in enumerate(paths, 1):
-        bgr, _ = read_image(path)
+    for bgr, diameter in image_diameters(paths, progress):
         if bgr is None:
             unreadable += 1
-        else:
-            diameter, _ = estimate_rbc_diameter(bgr)
-            diameters.append(diameter)
-            if diameter is not None:
-                if copies_every and with_estimate % copies_every == 0:
-                    for f in factors:
-                        copy, _ = estimate_rbc_diameter(resampled(bgr, f))
-                        if copy is not None:
-                            ratios[f].append(copy / f / diameter)
-                with_estimate += 1
-        if progress and (done % 500 == 0 or done == len(paths)):
-            progress(done, len(paths))
+            continue
+        diameters.append(diameter)
+        if diameter is None:
+            continue
+        if copies_every and with_estimate % copies_every == 0:
+            for f in factors:
+                copy, _ = estimate_rbc_diameter(resampled(bgr, f))
+                if copy is not None:
+                    ratios[f].append(copy / f / diameter)
+        with_estimate += 1
     found = np.array([d for d in diameters if d is not None], np.float64)
     result: dict[str, Any] = {"images": len(paths), "unreadable": unreadable,
                               "no_estimate_share": 1 - len(found) / len(diameters) if diameters else None}

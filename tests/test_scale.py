@@ -12,6 +12,7 @@ from conftest import BACKGROUND_BGR, LABELS, NUCLEUS_BGR, RED_CELL_BGR
 from edge_app.core.model import Classifier
 from edge_app.core.scale import estimate_rbc_diameter, training_rbc_diameter
 from edge_app.core.vision import CropSettings, largest_cell_crop, scale_frame
+from evaluation.red_cell_scale import resampled
 
 DIAMETER = 30  # drawn red cells, at 1x
 SCALES = (0.5, 1.0, 2.0, 3.0)
@@ -35,20 +36,13 @@ def drawn_smear(seed: int = 0, diameter: int = DIAMETER, nucleus: tuple[int, int
     return np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)
 
 
-def resized(img: np.ndarray, f: float) -> np.ndarray:
-    if f == 1.0:
-        return img
-    size = (round(img.shape[1] * f), round(img.shape[0] * f))
-    return cv2.resize(img, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
-
-
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.astype(np.float64).ravel(), b.astype(np.float64).ravel())[0, 1])
 
 
 @pytest.mark.parametrize("f", SCALES)
 def test_estimate_follows_the_image_scale(f):
-    d, n = estimate_rbc_diameter(resized(drawn_smear(), f))
+    d, n = estimate_rbc_diameter(resampled(drawn_smear(), f))
     assert n >= 10
     assert d == pytest.approx(DIAMETER * f, rel=0.08)
 
@@ -71,7 +65,7 @@ def test_same_box_and_model_input_at_every_scale():
     base = drawn_smear()
     crop1, box1 = largest_cell_crop(base, SCALED)
     for f in SCALES:
-        crop, box = largest_cell_crop(resized(base, f), SCALED)
+        crop, box = largest_cell_crop(resampled(base, f), SCALED)
         centre = ((box.x0 + box.x1) / 2 / f, (box.y0 + box.y1) / 2 / f)
         assert centre == pytest.approx(((box1.x0 + box1.x1) / 2, (box1.y0 + box1.y1) / 2), abs=0.03 * box1.width)
         assert box.width / f == pytest.approx(box1.width, rel=0.05)
@@ -164,7 +158,7 @@ def test_run_writes_rbc_px_and_summarises_the_scale(scaled_tiny, tmp_path, capsy
     folder = tmp_path / "frames"
     folder.mkdir()
     cv2.imwrite(str(folder / "a.png"), drawn_smear())
-    cv2.imwrite(str(folder / "b.png"), resized(drawn_smear(seed=1), 2.0))
+    cv2.imwrite(str(folder / "b.png"), resampled(drawn_smear(seed=1), 2.0))
     cv2.imwrite(str(folder / "c.png"), drawn_smear(seed=2, diameter=0))  # no red cells: falls back
     out, summary = tmp_path / "out.csv", tmp_path / "summary.json"
     assert hemato(["run", str(folder), "--model", str(scaled_tiny), "--csv", str(out), "--headless",
@@ -212,7 +206,7 @@ def test_frame_result_keeps_the_crops_the_model_classified(scaled_tiny):
     from edge_app.core.pipeline import classify_crop, classify_frame
     from edge_app.core.vision import crop_for_model
     classifier = Classifier(scaled_tiny, threads=1)
-    frame = resized(drawn_smear(), 0.5)
+    frame = resampled(drawn_smear(), 0.5)
     result = classify_frame(classifier, frame)
     assert result.rbc_px and len(result.crops) == len(result.cells) >= 1
     for cell, crop in zip(result.cells, result.crops):

@@ -19,6 +19,7 @@ from conftest import SHARED_DATA, requires_real_data
 from edge_app.core.model import Classifier
 from edge_app.core.scale import estimate_rbc_diameter
 from edge_app.core.vision import largest_cell_crop
+from evaluation.red_cell_scale import resampled
 
 PBC = SHARED_DATA.parent / "pbc"
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "wbc_mobilenetv2_int8.tflite"
@@ -38,13 +39,6 @@ def _images() -> list[Path]:
     return blood + pbc
 
 
-def _resized(img: np.ndarray, f: float) -> np.ndarray:
-    if f == 1.0:
-        return img
-    size = (round(img.shape[1] * f), round(img.shape[0] * f))
-    return cv2.resize(img, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
-
-
 @pytest.fixture(scope="module")
 def shipped() -> Classifier:
     classifier = Classifier(SHIPPED, threads=1)
@@ -53,7 +47,7 @@ def shipped() -> Classifier:
 
 
 def _at_size(classifier: Classifier, base: np.ndarray, f: float):
-    crop, box = largest_cell_crop(_resized(base, f), classifier.crop_settings)
+    crop, box = largest_cell_crop(resampled(base, f), classifier.crop_settings)
     assert box is not None, f
     return crop, box, classifier.predict(crop)
 

@@ -17,7 +17,7 @@ area-weighted median: platelets and ridges between cells are many but small).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -158,6 +158,18 @@ def estimate_rbc_diameter(bgr: np.ndarray,
     return 2.0 * float(np.median(radii.astype(np.float64))) / s, len(radii)
 
 
+def image_diameters(paths: Sequence[str | Path], progress: Callable[[int, int], None] | None = None
+                    ) -> Iterator[tuple[np.ndarray | None, float | None]]:
+    """(the decoded frame, its red-cell diameter in pixels) for each path in turn; (None, None) for an
+    unreadable image. progress(done, total) is called every 500 images and at the end."""
+    from edge_app.core.frames import read_image
+    for done, path in enumerate(paths, 1):
+        bgr, _ = read_image(path)
+        yield bgr, None if bgr is None else estimate_rbc_diameter(bgr)[0]
+        if progress and (done % 500 == 0 or done == len(paths)):
+            progress(done, len(paths))
+
+
 def training_rbc_diameter(paths: Iterable[str | Path],
                           progress: Callable[[int, int], None] | None = None) -> float:
     """Median red-cell diameter (pixels) over training images: the model's canonical scale.
@@ -165,19 +177,8 @@ def training_rbc_diameter(paths: Iterable[str | Path],
     progress(done, total) is called every 500 images and at the end (default: a line on stderr).
     Raises ValueError when no image gives an estimate.
     """
-    from edge_app.core.frames import read_image
-    if progress is None:
-        progress = _print_progress
     paths = list(paths)
-    found = []
-    for done, path in enumerate(paths, 1):
-        bgr, _ = read_image(path)
-        if bgr is not None:
-            d, _ = estimate_rbc_diameter(bgr)
-            if d is not None:
-                found.append(d)
-        if done % 500 == 0 or done == len(paths):
-            progress(done, len(paths))
+    found = [d for _, d in image_diameters(paths, progress or _print_progress) if d is not None]
     if not found:
         raise ValueError(f"no red-cell diameter could be measured in {len(paths)} images")
     return float(np.median(found))
