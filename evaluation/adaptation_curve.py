@@ -28,7 +28,7 @@ from edge_app.core.crops import file_cell_crop
 from edge_app.core.dataset import split_rows
 from edge_app.core.head_probe import HeadProbe
 from edge_app.core.model import Classifier
-from edge_app.core.pipeline import classify_crop, decide, is_unusual_crop
+from edge_app.core.pipeline import classify_crop, decide, is_answered, is_unusual_crop
 from edge_app.core.vision import crop_statistics
 
 
@@ -71,7 +71,7 @@ def feature_outcomes(meta: dict[str, Any], data: bytes, x: np.ndarray, stats: np
     probs = softmax(x @ w.T + b, float(meta["temperature"]))
     guard = ColourGuard.from_dict(meta.get("ood"))
     usual = np.ones(len(y), bool) if guard is None else guard.distance(stats) <= 1.0
-    answered = usual & (probs.max(axis=1) >= float(meta.get("min_confidence") or 0.0))
+    answered = usual & is_answered(probs.max(axis=1), float(meta.get("min_confidence") or 0.0))
     return probs.argmax(axis=1) == y, answered
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge_app.core.model import softmax
+from edge_app.core.pipeline import NO_ANSWER, is_answered
 
 TARGET_ANSWERED_ACCURACY = 0.99
 TARGET_LEVEL = 0.9  # the threshold must reach the target in 90 % of resamples of the validation photographs
@@ -80,7 +81,7 @@ def choose_threshold(probs: np.ndarray, y: np.ndarray, target_accuracy: float = 
     Validation holds few independent cells (copies of one photograph are not independent), so the
     threshold where validation just touches the target is as likely as not to miss it on new cells.
     Resampling whole groups (photographs; each image alone when none are given) asks for the target
-    at a lower confidence bound instead. Every higher threshold must meet it too.
+    at a lower confidence bound instead. Every higher threshold must meet it too. NO_ANSWER when none does.
     """
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == y).astype(float)
@@ -100,7 +101,7 @@ def choose_threshold(probs: np.ndarray, y: np.ndarray, target_accuracy: float = 
     accuracy = np.where(resampled_answered > 0, (weights @ right) / np.maximum(resampled_answered, 1), 1.0)
     meets = np.quantile(accuracy, 1.0 - level, axis=0) >= target_accuracy
     if not meets[-1]:
-        return 1.0
+        return NO_ANSWER
     failing = np.flatnonzero(~meets)
     return float(thresholds[failing[-1] + 1] if len(failing) else thresholds[0])
 
@@ -115,7 +116,7 @@ def fit_calibration(logits: np.ndarray, y: np.ndarray, groups: np.ndarray | None
 
 def coverage_at(probs: np.ndarray, y: np.ndarray, threshold: float) -> tuple[float, float | None]:
     """(share of cells answered, accuracy on them) at a confidence threshold."""
-    return coverage_of_answers(probs, y, probs.max(axis=1) >= threshold)
+    return coverage_of_answers(probs, y, is_answered(probs.max(axis=1), threshold))
 
 
 def coverage_of_answers(probs: np.ndarray, y: np.ndarray, answered: np.ndarray) -> tuple[float, float | None]:

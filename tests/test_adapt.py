@@ -172,6 +172,22 @@ def test_cells_the_base_calls_a_class_given_no_cells_are_counted():
     assert head.called_kept >= 5
 
 
+def test_cells_all_right_out_of_fold_keep_the_base_calibration():
+    """Perfectly separated cells bound no error rate: the fitted temperature would fall to ~0 and every
+    probability round to 1, so the base's temperature and threshold are kept instead."""
+    from edge_app.adapt.fit import adapt_head
+    rng = np.random.default_rng(2)
+    centres = 6.0 * np.eye(3, 5)
+    w0, b0 = centres.copy(), -0.5 * (centres ** 2).sum(axis=1)
+    x = np.concatenate([c + rng.normal(0, 0.3, (4, 5)) for c in centres])
+    y = np.repeat([0, 1, 2], 4)
+    head = adapt_head(x, y, np.arange(12), np.ones(12, bool), w0, b0, base_calibration=(0.8, 0.99))
+    assert head.calibration_kept and (head.temperature, head.min_confidence) == (0.8, 0.99)
+    x[0] = centres[1]  # one cell of class 0 that looks like class 1: an error out of fold
+    head = adapt_head(x, y, np.arange(12), np.ones(12, bool), w0, b0, base_calibration=(0.8, 0.99))
+    assert not head.calibration_kept and head.temperature != 0.8
+
+
 def test_review_export_csv_is_read_with_its_boxes(tmp_path, base_model, capsys):
     from hemato.cli import main
     frames = lab_folder(tmp_path / "frames", per_class=4, seed=8)

@@ -328,3 +328,16 @@ def test_csv_values_leave_what_a_record_lacks_empty():
     values = dict(zip(csv_columns(LABELS), csv_values(record, LABELS)))
     assert values["confidence"] == "0.5000" and values[f"p_{LABELS[0]}"] == "0.5000"
     assert values["latency_ms"] == "" and values["rbc_px"] == "" and values[f"p_{LABELS[1]}"] == ""
+
+
+def test_a_threshold_of_one_answers_no_cell_even_at_probability_one():
+    """A model whose cells could not show the target accuracy is stored with threshold 1: float32
+    probabilities can round to exactly 1, and such a cell must still be UNCERTAIN."""
+    from edge_app.core.pipeline import NO_ANSWER, decide, is_answered
+    from evaluation.calibration import coverage_at
+    assert decide("MONOCYTE", 1.0, NO_ANSWER) == ("UNCERTAIN", "low confidence")
+    assert decide("MONOCYTE", 0.995, 0.99) == ("MONOCYTE", "")
+    assert decide("MONOCYTE", 0.985, 0.99)[0] == "UNCERTAIN"
+    probs = np.array([[1.0, 0.0], [0.2, 0.8]])
+    assert list(is_answered(probs.max(1), 0.8)) == [True, True]
+    assert coverage_at(probs, np.array([0, 1]), NO_ANSWER) == (0.0, None)

@@ -69,6 +69,7 @@ def adapted_metadata(base_meta: dict[str, Any], base_path: Path, base_data: byte
               "cv_answered": round(head.cv_answered, 4), "cv_folds": head.folds,
               "kept_from_base": cells.missing(labels),
               "cells_called_kept_class": head.called_kept,
+              "calibration_kept_from_base": head.calibration_kept,
               "regularisation": float(f"{head.strength:.4g}"),
               "base_calibration": {"temperature": base_meta.get("temperature"),
                                    "min_confidence": base_meta.get("min_confidence")}}
@@ -108,7 +109,9 @@ def adapted_model(base_path: Path, base_data: bytes, probe: HeadProbe,
     x, cell, original = features
     y = np.array([labels.index(cells.labels[c]) for c in cell])
     w0, b0 = read_dense_head(base_data)
-    head = adapt_head(x, y, cell, original, w0, b0, seed)
+    # read as the Classifier reads them: no stored temperature is 1, no stored threshold answers every cell
+    base_calibration = (float(base_meta.get("temperature") or 1.0), float(base_meta.get("min_confidence") or 0.0))
+    head = adapt_head(x, y, cell, original, w0, b0, seed, base_calibration)
     head = fit_logit_range(head, x, probe.logit_range())
     meta = adapted_metadata(base_meta, base_path, base_data, head, cells, labels, copies)
     return with_metadata(with_dense_head(base_data, head.weights, head.bias), meta), meta

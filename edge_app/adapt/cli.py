@@ -16,6 +16,7 @@ from edge_app.adapt.adapt import DEFAULT_COPIES, adapt_file
 from edge_app.adapt.cells import MIN_CELLS, CellsError, load_cells, plan_cells
 from edge_app.core.metadata import ModelFileError, read_model_metadata
 from edge_app.core.model_path import MODEL_HELP, find_model
+from edge_app.core.pipeline import NO_ANSWER
 from edge_app.core.tflite_file import find_dense_head, write_model
 from edge_app.core.vision import CropSettings
 from hemato.argtypes import non_negative_int
@@ -85,7 +86,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"Note: {record['cells_called_kept_class']} of these cells are still called "
               f"{' or '.join(record['kept_from_base'])} (cross-validated): without cells of that class the model "
               "cannot learn they are not; review some and adapt again.")
-    if written["min_confidence"] >= 1.0:
+    if record["calibration_kept_from_base"]:
+        print("Note: every one of these cells was right when held out, which bounds no error rate: the base "
+              "model's temperature and threshold are kept. Review more cells, and adapt again.")
+    elif written["min_confidence"] >= NO_ANSWER:
         print("Note: with these cells no threshold can be shown to reach the target accuracy, so every answer "
               "will be UNCERTAIN; add more reviewed cells.")
     print(f"Adapted model: {args.out}  ({time.perf_counter() - started:.0f} s; use it with --model {args.out})")

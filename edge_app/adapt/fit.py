@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from edge_app.core.model import softmax
+from edge_app.core.pipeline import NO_ANSWER, is_answered
 from evaluation.calibration import fit_calibration, nll
 
 STRENGTHS = (0.003, 0.01, 0.03, 0.1, 0.3)  # relative to the features' mean squared norm
@@ -70,14 +71,18 @@ class AdaptedHead:
     base_accuracy: float      # the base head's accuracy on the same cells (original crops)
     cv_answered: float        # share of cells answered (not UNCERTAIN) at the threshold, out of fold
     called_kept: int = 0      # given cells whose out-of-fold top class is a class given no cells
+    calibration_kept: bool = False  # every out-of-fold answer was right: the base's temperature and threshold kept
 
 
 def adapt_head(features: np.ndarray, y: np.ndarray, cell: np.ndarray, original: np.ndarray,
-               w0: np.ndarray, b0: np.ndarray, seed: int = 0) -> AdaptedHead:
+               w0: np.ndarray, b0: np.ndarray, seed: int = 0,
+               base_calibration: tuple[float, float] = (1.0, NO_ANSWER)) -> AdaptedHead:
     """Choose the strength by cross-validation, fit temperature and threshold on out-of-fold logits, refit on all.
 
     features: (samples, D), one row per (augmented) crop; y: class index; cell: which cell a sample comes from;
     original: True for the un-augmented crop (what is scored).
+    base_calibration: the base file's (temperature, threshold), kept when every out-of-fold answer is right:
+    such cells set no bound on the errors, and the fitted temperature would fall towards 0 (every probability 1).
     """
     cells = np.unique(cell)
     y_cells = np.array([y[cell == c][0] for c in cells])
@@ -99,7 +104,8 @@ def adapt_head(features: np.ndarray, y: np.ndarray, cell: np.ndarray, original: 
         loss = nll(oof, y[scored], 1.0)
         results.append((loss, strength, oof))
     _, strength, oof = min(results, key=lambda r: r[0])
-    temperature, threshold = fit_calibration(oof, y[scored], None)
+    kept = bool((oof.argmax(1) == y[scored]).all())
+    temperature, threshold = base_calibration if kept else fit_calibration(oof, y[scored], None)
     probs = softmax(oof, temperature)
     weights, bias = fit_head(features, y, w0, b0, strength)
     base = features[scored] @ w0.T + b0
@@ -107,7 +113,7 @@ def adapt_head(features: np.ndarray, y: np.ndarray, cell: np.ndarray, original: 
     called_kept = int((counts[oof.argmax(1)] == 0).sum())
     return AdaptedHead(weights, bias, float(temperature), float(threshold), float(strength), folds,
                        float((oof.argmax(1) == y[scored]).mean()), float((base.argmax(1) == y[scored]).mean()),
-                       float((probs.max(1) >= threshold).mean()), called_kept)
+                       float(is_answered(probs.max(1), threshold).mean()), called_kept, kept)
 
 
 def fit_logit_range(head: AdaptedHead, features: np.ndarray, logit_range: tuple[float, float] | None,

@@ -14,6 +14,9 @@ FRAME_STAGES = ("rbc_estimate", "rescale", "localise", "preprocess", "invoke")
 UNCERTAIN = "UNCERTAIN"
 LOW_CONFIDENCE = "low confidence"
 UNUSUAL_CROP = "unusual crop: colours unlike the training cells"
+# A threshold this high answers no cell, even one whose probability rounds to exactly 1 (a model calibrated
+# on cells that could not show its target accuracy is stored with it)
+NO_ANSWER = 1.0
 
 
 @dataclass
@@ -61,11 +64,16 @@ def is_unusual_crop(classifier: Classifier, rgb: np.ndarray) -> bool:
     return guard is not None and guard.is_unusual(crop_statistics(rgb, classifier.crop_settings))
 
 
+def is_answered(confidence: float | np.ndarray, min_confidence: float) -> bool | np.ndarray:
+    """Whether a calibrated confidence (or each of an array) reaches the answer threshold."""
+    return np.logical_and(confidence >= min_confidence, min_confidence < NO_ANSWER)
+
+
 def decide(label: str, confidence: float, min_confidence: float, unusual: bool = False) -> tuple[str, str]:
     """The answer to report and why: the class, or UNCERTAIN for an unusual crop or low confidence."""
     if unusual:
         return UNCERTAIN, UNUSUAL_CROP
-    if confidence < min_confidence:
+    if not is_answered(confidence, min_confidence):
         return UNCERTAIN, LOW_CONFIDENCE
     return label, ""
 
