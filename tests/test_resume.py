@@ -119,6 +119,14 @@ def test_a_csv_without_a_complete_header_is_started_afresh(tmp_path, tiny_tflite
     assert rows_of(out)[0] == csv_columns(LABELS) and len(rows_of(out)) == 4
 
 
+def test_a_file_that_is_not_a_results_csv_is_left_untouched(tmp_path, tiny_tflite, smear_folder, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("patient 123: call the ward")  # one line, no newline: not a header cut short
+    assert run(smear_folder, tiny_tflite, notes) == 2
+    assert notes.read_text() == "patient 123: call the ward"
+    assert "not a results CSV" in capsys.readouterr().err
+
+
 def test_a_camera_run_appends(tmp_path, tiny_tflite, monkeypatch):
     out = tmp_path / "cam.csv"
     for plan in ([3], [2]):

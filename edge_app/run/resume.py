@@ -62,6 +62,10 @@ def resume_csv(path: str | Path, columns: list[str], redo: Callable[[str], bool]
     with open(path, "rb+") as f:
         header = f.readline()
         if not header.endswith(b"\n"):
+            # a header cut short by a crash (or an empty file) is started afresh; any other file is not ours
+            if not ",".join(columns).encode().startswith(header.rstrip(b"\r")):
+                raise CsvMismatch(f"{path} is not a results CSV of hemato run (its first line is not one); "
+                                  "pass another --csv, or --overwrite to replace that file")
             f.truncate(0)
             return None
         found = _fields(header)
