@@ -127,6 +127,34 @@ def test_a_file_that_is_not_a_results_csv_is_left_untouched(tmp_path, tiny_tflit
     assert "not a results CSV" in capsys.readouterr().err
 
 
+def test_the_folder_typed_another_way_is_the_same_folder(tmp_path, tiny_tflite, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    add_images(tmp_path / "in", ["a.jpg", "b.jpg"])
+    assert run("in", tiny_tflite, "r.csv") == 0
+    before = rows_of(tmp_path / "r.csv")
+    assert run(tmp_path / "in", tiny_tflite, "r.csv") == 0  # absolute now: the last image redone, none doubled
+    after = rows_of(tmp_path / "r.csv")
+    assert len(after) == len(before)
+    assert sorted(row[0].rsplit("/", 1)[-1] for row in after[1:]) == ["a.jpg", "a.jpg", "b.jpg", "b.jpg"]
+
+
+def test_another_samples_rows_are_not_in_this_samples_differential(tmp_path, tiny_tflite, capsys):
+    first, second = tmp_path / "patient_a", tmp_path / "patient_b"
+    first.mkdir()
+    second.mkdir()
+    add_images(first, ["a1.jpg", "a2.jpg"], cells=2)
+    add_images(second, ["b1.jpg"], cells=1)
+    out = tmp_path / "r.csv"
+    assert run(first, tiny_tflite, out) == 0
+    capsys.readouterr()
+    assert run(second, tiny_tflite, out) == 0
+    printed = capsys.readouterr().out
+    assert "4 of them of other images, which are not counted" in printed
+    assert "Differential count of this source in the CSV (1 cells)" in printed
+    assert len(rows_of(out)) == 1 + 4 + 1  # the rows themselves are all kept
+
+
 def test_a_camera_run_appends(tmp_path, tiny_tflite, monkeypatch):
     out = tmp_path / "cam.csv"
     for plan in ([3], [2]):

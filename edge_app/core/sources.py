@@ -6,6 +6,7 @@ so that a run can resume a CSV.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -31,6 +32,12 @@ class SourceLost(RuntimeError):
     """A live source stopped delivering frames and could not be reopened."""
 
 
+def path_key(name: str | Path) -> str:
+    """A file's name as compared with a CSV's sources: absolute and normalised, so that `in/a.jpg` and
+    `/home/lab/in/a.jpg` (from the same folder) are one image however the folder was typed."""
+    return os.path.abspath(name)
+
+
 class ImageFiles:
     """Still images, one frame each, decoded lazily in the given order."""
 
@@ -38,14 +45,16 @@ class ImageFiles:
 
     def __init__(self, paths: list[Path]):
         self.paths = list(paths)
+        self._keys = {path_key(path) for path in self.paths}
 
     def covers(self, name: str) -> bool:
-        return any(str(path) == name for path in self.paths)
+        return path_key(name) in self._keys
 
     def skip(self, done: set[str]) -> int:
         """Leave out images whose rows are already in the CSV; how many were left out."""
+        keys = {path_key(name) for name in done}
         before = len(self.paths)
-        self.paths = [path for path in self.paths if str(path) not in done]
+        self.paths = [path for path in self.paths if path_key(path) not in keys]
         return before - len(self.paths)
 
     def __iter__(self) -> Iterator[Frame]:

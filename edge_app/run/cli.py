@@ -339,13 +339,13 @@ def main(args: argparse.Namespace) -> int:
         stats.stopped = stats.stopped or f"{signal.Signals(stopper.signum).name} received"
         status = 128 + stopper.signum
     ended_by_fault = status in (EXIT_SOURCE_LOST, EXIT_USAGE)
-    whole = None
-    if earlier_rows:  # a resumed CSV: its differential is the folder's, not just this run's
-        try:
-            whole = csv_counts(writer.path, classifier.labels)
+    whole, other_rows = None, 0
+    if earlier_rows:  # a resumed CSV: its differential is the folder's, not just this run's, nor another sample's
+        try:  # a camera's frames cannot be told from an earlier session's: its whole CSV is counted
+            whole, other_rows = csv_counts(writer.path, classifier.labels, None if source.live else source.covers)
         except (OSError, ValueError) as exc:
             print(f"hemato run: cannot read {writer.path} back for its differential: {exc}", file=sys.stderr)
-    print(stats.format(whole, earlier_rows or 0, str(writer.path)))
+    print(stats.format(whole, earlier_rows or 0, str(writer.path), other_rows))
     print(f"Results: {writer.path}")
     if args.json_summary:
         try:
@@ -353,7 +353,8 @@ def main(args: argparse.Namespace) -> int:
                      "source": args.source, "csv": str(writer.path), "exit_status": status,
                      "min_confidence": stats.threshold}
             if whole is not None:
-                extra["whole_csv"] = {"rows_from_earlier_runs": earlier_rows, **whole.to_dict(counts_only=True)}
+                extra["whole_csv"] = {"rows_from_earlier_runs": earlier_rows, "rows_of_other_sources": other_rows,
+                                      **whole.to_dict(counts_only=True)}
             stats.write_json(args.json_summary, extra)
         except OSError as exc:
             status = status or _error(f"cannot write {args.json_summary}: {exc.strerror or exc}")

@@ -9,7 +9,7 @@ import textwrap
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import numpy as np
 
@@ -208,19 +208,27 @@ class RunStats:
             lines.append(f"  {UNCERTAIN:<{width}} {uncertain:6d}")
         return lines
 
-    def format(self, whole: "RunStats | None" = None, earlier_rows: int = 0, csv_name: str = "") -> str:
+    def format(self, whole: "RunStats | None" = None, earlier_rows: int = 0, csv_name: str = "",
+               other_rows: int = 0) -> str:
         """The human-readable summary: counts, differential, what UNCERTAIN means, failures, latency.
 
-        whole: the counts of the whole CSV when this run resumed one (earlier_rows of its rows were there
-        before); the differential is then the CSV's, which is what "the differential of this folder" means.
+        whole: the counts of this source's rows in the CSV when this run resumed one (earlier_rows of its rows
+        were there before); the differential is then those rows', which is what "the differential of this
+        folder" means. other_rows: rows of other sources in the CSV, not counted (another sample's).
         """
         failed = self.failed
         lines = [f"Images read: {self.images + failed}  ({failed} failed, {self.no_cell} with no cell found)",
                  f"Cells classified: {self.classified}"]
         if whole is not None:
-            lines.append(f"{csv_name or 'The CSV'} was resumed: {earlier_rows} of its rows are from earlier runs; "
-                         f"the differential below is of the whole CSV ({whole.classified} cells)")
-            lines += whole.differential_lines("Differential count of the whole CSV")
+            if other_rows:
+                lines.append(f"{csv_name or 'The CSV'} was resumed: {earlier_rows} of its rows are from earlier runs, "
+                             f"{other_rows} of them of other images, which are not counted; the differential below "
+                             f"is of this source's rows in it ({whole.classified} cells)")
+                lines += whole.differential_lines("Differential count of this source in the CSV")
+            else:
+                lines.append(f"{csv_name or 'The CSV'} was resumed: {earlier_rows} of its rows are from earlier "
+                             f"runs; the differential below is of the whole CSV ({whole.classified} cells)")
+                lines += whole.differential_lines("Differential count of the whole CSV")
         else:
             lines += self.differential_lines()
         counted = whole or self
@@ -247,17 +255,22 @@ class RunStats:
         Path(path).write_text(json.dumps({**self.to_dict(), **(extra or {})}, indent=2) + "\n", encoding="utf-8")
 
 
-def csv_counts(path: str | Path, labels: list[str]) -> RunStats:
-    """The answers counted over a whole results CSV (every run that wrote to it): cells per answer, best guesses
-    of UNCERTAIN cells, failed images. Streams the file: a long camera run's CSV can be large."""
+def csv_counts(path: str | Path, labels: list[str],
+               counted: Callable[[str], bool] | None = None) -> tuple[RunStats, int]:
+    """The answers counted over a results CSV (every run that wrote to it): cells per answer, best guesses of
+    UNCERTAIN cells, failed images; only the rows whose source `counted` accepts (all when None), and how many
+    rows it left out. Streams the file: a long camera run's CSV can be large."""
     stats = RunStats(labels)
     frames = set()
+    left_out = 0
     with open(path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            if row.get("error"):
+            if counted is not None and not counted(row.get("source", "")):
+                left_out += 1
+            elif row.get("error"):
                 stats.add_failure(row.get("source", ""), row["error"])
             elif row.get("label"):
                 stats.add_cell(row["label"], row.get("predicted", ""))
                 frames.add((row.get("source"), row.get("frame")))
     stats.images = len(frames)
-    return stats
+    return stats, left_out

@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 
 from edge_app.core.dataset import IMAGE_SUFFIXES, images_in
 from edge_app.core.frames import Frame, image_frame
+from edge_app.core.sources import path_key
 
 
 def _stderr_note(message: str) -> None:
@@ -30,20 +31,20 @@ class WatchFolder:
         self.folder, self.poll_s, self.settle_s = Path(folder), poll_s, settle_s
         self.stop = stop or threading.Event()
         self.clock, self.note = clock, note
-        self.done: set[str] = set()   # files yielded (or already in the CSV): never read again
+        self.done: set[str] = set()   # path_key of files yielded (or already in the CSV): never read again
         self.vanished = 0
         self._pending: dict[str, tuple[tuple[int, int], float]] = {}  # file -> (size, mtime), unchanged since
         self._missing = False
 
     def covers(self, name: str) -> bool:
-        path = Path(name)
-        return path.suffix.lower() in IMAGE_SUFFIXES and self.folder in path.parents and path.is_file()
+        path = Path(path_key(name))
+        return path.suffix.lower() in IMAGE_SUFFIXES and Path(path_key(self.folder)) in path.parents and path.is_file()
 
     def skip(self, done: set[str]) -> int:
         """Never read files whose rows are already in the CSV; how many of the folder's files that is."""
-        self.done |= done
+        self.done |= {path_key(name) for name in done}
         try:
-            return sum(str(path) in done for path in images_in(self.folder, recursive=True))
+            return sum(path_key(path) in self.done for path in images_in(self.folder, recursive=True))
         except OSError:
             return 0
 
@@ -71,7 +72,7 @@ class WatchFolder:
         for path in self._list():
             key = str(path)
             signature = self._signature(path)
-            if key in self.done or signature is None:
+            if path_key(path) in self.done or signature is None:
                 continue
             seen = self._pending.get(key)
             since = seen[1] if seen is not None and seen[0] == signature else now
@@ -98,7 +99,7 @@ class WatchFolder:
         if frame is None or after != before:  # still being written (or replaced): wait for it to settle again
             self._pending[key] = (after, self.clock())
             return None
-        self.done.add(key)
+        self.done.add(path_key(path))
         self._pending.pop(key, None)
         return frame
 
