@@ -155,6 +155,26 @@ def test_another_samples_rows_are_not_in_this_samples_differential(tmp_path, tin
     assert len(rows_of(out)) == 1 + 4 + 1  # the rows themselves are all kept
 
 
+def test_a_file_name_that_is_not_utf8_is_written_and_resumed(tmp_path, tiny_tflite):
+    import os
+    folder = tmp_path / "in"
+    folder.mkdir()
+    add_images(folder, ["ok.jpg"])
+    latin = os.path.join(os.fsencode(folder), b"Zelle_\xe4.jpg")  # a Latin-1 name, as copied from an old system
+    try:
+        with open(latin, "wb") as f:
+            f.write((folder / "ok.jpg").read_bytes())
+    except OSError:
+        pytest.skip("this filesystem refuses file names that are not UTF-8")
+    out = tmp_path / "r.csv"
+    assert run(folder, tiny_tflite, out) == 0
+    names = {row[0].rsplit("/", 1)[-1] for row in rows_of(out)[1:]}
+    assert names == {"ok.jpg", "Zelle_\\udce4.jpg"}
+    before = len(rows_of(out))
+    assert run(folder, tiny_tflite, out) == 0  # resumed: the Latin-1 file is recognised as done
+    assert len(rows_of(out)) == before
+
+
 def test_a_camera_run_appends(tmp_path, tiny_tflite, monkeypatch):
     out = tmp_path / "cam.csv"
     for plan in ([3], [2]):

@@ -48,6 +48,12 @@ def read_image(path: str | Path) -> tuple[np.ndarray | None, str]:
         return None, VANISHED
 
 
+def utf8_text(text: str | Path) -> str:
+    """A file's name (or a message with one) as the CSV and the terminal show it: bytes of a name that are not
+    UTF-8 (a file copied from an older system) written as \\udcXX, so that writing it can never stop a run."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def image_frame(path: Path) -> Frame:
     """One still image as a timed Frame (an error Frame when unusable); FileNotFoundError if it vanished."""
     start = time.perf_counter()
@@ -60,7 +66,7 @@ def image_frame(path: Path) -> Frame:
         raise
     except Exception as exc:  # a reader bug must cost one image, not an unattended run
         image, error, scale = None, f"cannot read image: {type(exc).__name__}: {exc}".splitlines()[0], 1.0
-    return Frame(str(path), 0, image, error, (time.perf_counter() - start) * 1000, scale)
+    return Frame(utf8_text(path), 0, image, utf8_text(error), (time.perf_counter() - start) * 1000, scale)
 
 
 def scaled_cell(cell: CellResult, scale: float) -> CellResult:

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from edge_app.core.dataset import IMAGE_SUFFIXES, images_in
-from edge_app.core.frames import VANISHED, Frame, image_frame, read_image
+from edge_app.core.frames import VANISHED, Frame, image_frame, read_image, utf8_text
 
 __all__ = ["Camera", "Frame", "ImageFiles", "Source", "SourceError", "SourceLost", "VideoFile", "open_source",
            "read_image"]
@@ -35,7 +35,7 @@ class SourceLost(RuntimeError):
 def path_key(name: str | Path) -> str:
     """A file's name as compared with a CSV's sources: absolute and normalised, so that `in/a.jpg` and
     `/home/lab/in/a.jpg` (from the same folder) are one image however the folder was typed."""
-    return os.path.abspath(name)
+    return utf8_text(os.path.abspath(name))
 
 
 class ImageFiles:
@@ -62,7 +62,7 @@ class ImageFiles:
             try:
                 yield image_frame(path)
             except FileNotFoundError:
-                yield Frame(str(path), 0, None, VANISHED)
+                yield Frame(utf8_text(path), 0, None, VANISHED)
 
     def faults(self) -> str:
         return ""
@@ -84,11 +84,11 @@ class VideoFile:
             raise SourceError(f"cannot open video {self.path}: OpenCV has no reader for it")
 
     def covers(self, name: str) -> bool:
-        return name == self.path.name
+        return name == utf8_text(self.path.name)
 
     def skip(self, done: set[str]) -> int:
         """Leave the whole video out when its rows are already in the CSV; 1 if so."""
-        self.skipped = self.path.name in done
+        self.skipped = utf8_text(self.path.name) in done
         return int(self.skipped)
 
     def __iter__(self) -> Iterator[Frame]:
@@ -102,7 +102,7 @@ class VideoFile:
             if not ok:
                 return
             if image is not None:
-                yield Frame(self.path.name, index, image, "", (time.perf_counter() - start) * 1000)
+                yield Frame(utf8_text(self.path.name), index, image, "", (time.perf_counter() - start) * 1000)
             index += 1
 
     def faults(self) -> str:

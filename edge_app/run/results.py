@@ -13,6 +13,7 @@ from typing import Any, Callable, TextIO
 
 import numpy as np
 
+from edge_app.core.frames import utf8_text
 from edge_app.core.pipeline import FRAME_STAGES, UNCERTAIN, CellResult
 from edge_app.core.records import BASE_COLUMNS, cell_record, csv_columns, csv_values
 from edge_app.core.wording import uncertain_meaning
@@ -25,8 +26,9 @@ MAX_SAMPLES = 100_000      # latest latencies kept for the p95; means cover ever
 
 
 def one_line(text: str) -> str:
-    """Text with CR/LF written as \\r/\\n, so that every CSV row is exactly one line (repairable line-wise)."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    """Text with CR/LF written as \\r/\\n, so that every CSV row is exactly one line (repairable line-wise), and
+    valid UTF-8 (frames.utf8_text)."""
+    return utf8_text(text).replace("\r", "\\r").replace("\n", "\\n")
 
 
 class CsvWriter:
