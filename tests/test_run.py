@@ -341,3 +341,24 @@ def test_a_threshold_of_one_answers_no_cell_even_at_probability_one():
     probs = np.array([[1.0, 0.0], [0.2, 0.8]])
     assert list(is_answered(probs.max(1), 0.8)) == [True, True]
     assert coverage_at(probs, np.array([0, 1]), NO_ANSWER) == (0.0, None)
+
+
+def test_a_closed_standard_output_ends_the_run_quietly(tmp_path, tiny_tflite):
+    """`hemato run FOLDER | head -1`: the run stops as a Unix tool does (status 141), without a traceback, and
+    the CSV holds whole rows of what was classified."""
+    import subprocess
+    import sys
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for k in range(30):
+        cv2.imwrite(str(folder / f"{k:03d}.png"), make_smear(seed=k))
+    proc = subprocess.Popen([sys.executable, "-m", "hemato.cli", "run", str(folder), "--model", str(tiny_tflite),
+                             "--csv", str(tmp_path / "r.csv"), "--headless", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err
+    rows = (tmp_path / "r.csv").read_text().splitlines()
+    assert rows and all(row.count(",") == rows[0].count(",") for row in rows)

@@ -7,6 +7,7 @@ An existing CSV is resumed (see edge_app.run.resume) unless --overwrite is given
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -222,6 +223,9 @@ def run(classifier: Classifier, source: Source, writer: CsvWriter, min_confidenc
         stats.stopped, status = str(exc), EXIT_SOURCE_LOST
     except KeyboardInterrupt:
         stats.stopped, status = "interrupted", 128 + signal.SIGINT
+    except BrokenPipeError:  # stdout's reader is gone (`hemato run ... | head`): stop as a Unix tool does
+        stats.stopped, status = "standard output was closed", 128 + signal.SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the summary goes nowhere, quietly
     except OSError as exc:  # the CSV cannot be written (disk full, card removed): stop and say so
         stats.stopped, status = f"cannot write {writer.path}: {exc.strerror or exc}", EXIT_USAGE
     finally:
