@@ -29,6 +29,7 @@ from edge_app.core.model import Classifier
 from edge_app.core.pipeline import decide, is_unusual_crop
 from edge_app.core.vision import CropSettings, largest_cell_crop
 from evaluation.calibration import coverage_of_answers, expected_calibration_error, reliability_bins, risk_coverage
+from hemato.argtypes import output_file, output_folder
 
 PRINTED_DISAGREEMENTS = 20
 
@@ -385,8 +386,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="labelled images: DATA/<CLASS>/*.jpg, DATA/<class>_*.jpg as in samples/, or a run's "
                              "splits.csv (filepath,label,split[,source]): its --split rows, gated per source too")
     parser.add_argument("--split", default="val", help="with a splits.csv as --data: the rows to use (default val)")
-    parser.add_argument("--json", type=Path, help="write the full report (all disagreements) as JSON")
-    parser.add_argument("--markdown", type=Path, help="also write the Markdown report to this file")
+    parser.add_argument("--json", type=output_file, help="write the full report (all disagreements) as JSON")
+    parser.add_argument("--markdown", type=output_file, help="also write the Markdown report to this file")
     parser.add_argument("--max-drop", type=float, default=0.5,
                         help="fail when a compared model's top-1 accuracy is lower by more than this (pp, default 0.5)")
     parser.add_argument("--min-agreement", type=float, default=99.0,
@@ -394,7 +395,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(%%, default 99); over all cells, agreement must reach the reference's own on "
                              "mirrored crops")
     parser.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
-    parser.add_argument("--plots", type=Path, metavar="DIR",
+    parser.add_argument("--plots", type=output_folder, metavar="DIR",
                         help="also write DIR/reliability.png and DIR/risk_coverage.png (needs matplotlib)")
     parser.add_argument("--cells", action="store_true",
                         help="also give each accuracy's 95%% interval over the cells behind the images (the "

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 
 def positive_int(text: str) -> int:
@@ -32,8 +34,48 @@ def rbc_diameter(text: str) -> float:
     return value
 
 
+def port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be a port number between 1 and 65535")
+    return value
+
+
 def fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError("must be between 0 and 1")
     return value
+
+
+def _creatable(path: Path) -> None:
+    """Raise ArgumentTypeError unless the path's nearest existing ancestor is a folder this user can write in."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{path}: no permission to write in {parent}")
+
+
+def output_file(text: str) -> Path:
+    """A file to write: not a folder, and in a folder that exists or can be made (checked before any work)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
+    if not path.exists():
+        _creatable(path)
+    elif not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{path}: no permission to write it")
+    return path
+
+
+def output_folder(text: str) -> Path:
+    """A folder to write files in: an existing folder, or one that can be made."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a file, not a folder")
+    if not path.exists():
+        _creatable(path)
+    return path

@@ -19,7 +19,7 @@ from edge_app.core.model_path import MODEL_HELP, find_model
 from edge_app.core.pipeline import NO_ANSWER
 from edge_app.core.tflite_file import find_dense_head, write_model
 from edge_app.core.vision import CropSettings
-from hemato.argtypes import non_negative_int
+from hemato.argtypes import non_negative_int, output_file
 
 DEFAULT_OUT = Path("models") / "adapted.tflite"
 
@@ -27,7 +27,7 @@ DEFAULT_OUT = Path("models") / "adapted.tflite"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("cells", type=Path, help="a folder with one sub-folder per class, or the review page's CSV "
                                                  f"(at least {MIN_CELLS} cells of each class given)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"the adapted model (default: {DEFAULT_OUT})")
+    parser.add_argument("--out", type=output_file, default=DEFAULT_OUT, help=f"the adapted model (default: {DEFAULT_OUT})")
     parser.add_argument("--model", help="the base " + MODEL_HELP[4:])
     parser.add_argument("--copies", type=non_negative_int, default=DEFAULT_COPIES,
                         help=f"augmented copies per cell: mirrored, turned 45 degrees, both (0..3, default "

@@ -21,13 +21,15 @@ from edge_app.core.overlay import rgb_jpeg
 from edge_app.core.records import CELL_COLUMNS, is_reviewed, read_rows, row_box, row_image
 from edge_app.core.vision import crop_for_model
 from edge_app.report.report import MAX_THUMBNAILS, ReportCell, ReportInput, render
+from hemato.argtypes import output_file
 
 THUMBNAIL_PX = 112
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", type=Path, help="a hemato run CSV, or the review page's export")
-    parser.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file (default report.html)")
+    parser.add_argument("--out", type=output_file, default=Path("report.html"),
+                        help="the HTML file (default report.html)")
     parser.add_argument("--model", help="the model that classified the cells: " + MODEL_HELP)
     parser.add_argument("--sample", help="what the sample is called (default: the folder of its images)")
 

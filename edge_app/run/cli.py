@@ -33,7 +33,7 @@ from edge_app.run.results import CsvWriter, RunStats, csv_counts
 from edge_app.run.resume import CsvMismatch, resume_csv
 from edge_app.run.sources import Source, open_source
 from edge_app.run.watch import WatchFolder
-from hemato.argtypes import fraction, non_negative_int, positive_int, rbc_diameter, seconds
+from hemato.argtypes import fraction, non_negative_int, output_file, positive_int, rbc_diameter, seconds
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE = 0, 1, 2
 PROGRESS_EVERY_S = 10.0
@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: 2)")
     parser.add_argument("--quiet", action="store_true",
                         help="no line per image (by default each image's answer is printed as it is classified)")
-    parser.add_argument("--json-summary", metavar="PATH", help="also write the summary as JSON")
+    parser.add_argument("--json-summary", metavar="PATH", type=output_file, help="also write the summary as JSON")
     parser.add_argument("--explain", metavar="DIR",
                         help="also write one heat-map PNG per cell into DIR: where in the crop the evidence for its "
                              "answer lies (a second interpreter; slower)")

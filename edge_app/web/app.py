@@ -34,6 +34,7 @@ from edge_app.core.records import BASE_COLUMNS, cell_record, csv_columns, csv_va
 from edge_app.core.wording import NOT_DIAGNOSTIC, threshold_text, uncertain_meaning
 from edge_app.web.live import LiveCamera, mjpeg_stream
 from edge_app.web.review import ReviewStore, counts, export_csv, export_zip, session_report
+from hemato.argtypes import fraction, port, positive_int
 from hemato.argtypes import rbc_diameter as diameter_px
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -391,13 +392,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--port", type=port, default=8000, help="port (default 8000)")
     parser.add_argument("--camera", metavar="SOURCE",
                         help="also stream a camera with boxes and labels on /live: an index such as 0, picamera, "
                              "or a video file (looped)")
-    parser.add_argument("--min-confidence", type=float,
-                        help="answer UNCERTAIN below this confidence (default: the threshold stored in the model)")
-    parser.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
+    parser.add_argument("--min-confidence", type=fraction,
+                        help="answer UNCERTAIN below this confidence, a fraction (0.95 for 95 %%; default: the "
+                             "threshold stored in the model)")
+    parser.add_argument("--threads", type=positive_int, help="interpreter threads (default: all cores)")
     parser.add_argument("--rbc-diameter", type=diameter_px, metavar="PX",
                         help="red-cell diameter in this camera's pixels, when known: crops are scaled by it "
                              "instead of by each frame's estimate")
@@ -442,7 +444,7 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # `systemctl stop` ends it like Ctrl-C: camera released
     try:
         serve_forever(app, args.host, args.port, args.debug)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: waitress cannot use the address
         print(f"hemato serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -1,0 +1,52 @@
+"""Output paths and ports are checked when the command starts: a one-line usage error (status 2), not a
+traceback after the work is done."""
+from __future__ import annotations
+
+import pytest
+
+from hemato.cli import main as hemato
+
+
+def usage_error(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as ended:
+        hemato(argv)
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_verify_outputs_are_checked_before_any_model_runs(tmp_path, capsys):
+    afile = tmp_path / "a.jpg"
+    afile.write_bytes(b"x")
+    models = ["no-such-model.tflite", "--data", str(tmp_path)]
+    assert "is a file, not a folder" in usage_error(["verify", *models, "--json", str(afile / "r.json")], capsys)
+    assert "is a folder" in usage_error(["verify", *models, "--markdown", str(tmp_path)], capsys)
+    assert "is a file, not a folder" in usage_error(["verify", *models, "--plots", str(afile)], capsys)
+
+
+def test_report_run_and_adapt_outputs_are_checked(tmp_path, capsys):
+    assert "is a folder" in usage_error(["report", "r.csv", "--out", str(tmp_path)], capsys)
+    assert "is a folder" in usage_error(["run", str(tmp_path), "--json-summary", str(tmp_path)], capsys)
+    assert "is a folder" in usage_error(["adapt", str(tmp_path), "--out", str(tmp_path)], capsys)
+
+
+def test_a_file_in_a_new_folder_is_fine(tmp_path):
+    from hemato.argtypes import output_file, output_folder
+    assert output_file(str(tmp_path / "new" / "deeper" / "r.json")) == tmp_path / "new" / "deeper" / "r.json"
+    assert output_folder(str(tmp_path / "plots")) == tmp_path / "plots"
+
+
+# a missing --model: should the check regress, serve stops there instead of serving forever
+NO_SERVER = ["--model", "no-such-model.tflite"]
+
+
+@pytest.mark.parametrize("port", ["0", "-1", "99999"])
+def test_serve_refuses_a_port_that_cannot_exist(port, capsys):
+    pytest.importorskip("flask")
+    assert "between 1 and 65535" in usage_error(["serve", *NO_SERVER, "--port", port], capsys)
+
+
+def test_serve_takes_the_threshold_as_a_fraction_like_run(capsys):
+    pytest.importorskip("flask")
+    assert "between 0 and 1" in usage_error(["serve", *NO_SERVER, "--min-confidence", "95"], capsys)
