@@ -235,3 +235,23 @@ def test_colour_guard_is_recentred_on_the_laboratory(tmp_path):
     refitted = ColourGuard.from_dict(lab_colour_guard(base.to_dict(), lab_crops, settings))
     assert not any(refitted.is_unusual(s) for s in lab_stats)
     assert lab_colour_guard(None, lab_crops, settings) is None
+
+
+def test_a_hand_edited_box_names_its_row(tmp_path, capsys):
+    """A review export whose box was edited into text: adapt refuses naming the file and the image; the report
+    counts the cell without its picture."""
+    import csv as csv_module
+
+    from edge_app.adapt.cells import CellsError, plan_csv
+    from edge_app.report.cli import build
+    export = tmp_path / "reviewed.csv"
+    with open(export, "w", newline="") as f:
+        writer = csv_module.writer(f)
+        writer.writerow(["source", "frame", "label", "x0", "y0", "x1", "y1", "reviewed", "error"])
+        for i, label in enumerate(LABELS * 3):
+            writer.writerow([f"cell_{i}.jpg", 0, label, "abc" if i == 0 else 10, 10, 60, 60, "yes", ""])
+    with pytest.raises(CellsError, match="reviewed.csv: cell_0.jpg: its box's x0 is 'abc'"):
+        plan_csv(export, LABELS)
+    report = build(export, "m.tflite", {"labels": LABELS}, None)
+    assert len(report.cells) == 3 * len(LABELS)
+    assert "no picture for cell_0.jpg" in capsys.readouterr().err

@@ -108,7 +108,11 @@ def plan_csv(path: Path, labels: list[str]) -> list[CellPlan]:
     for row in rows:
         if row.get("error") or not is_reviewed(row) or row["label"] in ("", UNCERTAIN):
             continue
-        plans.append(CellPlan(row_image(row["source"], path), row["label"], row_box(row)))
+        try:
+            box = row_box(row)
+        except ValueError as exc:
+            raise CellsError(f"{path}: {exc}; correct or delete that row") from None
+        plans.append(CellPlan(row_image(row["source"], path), row["label"], box))
     if not plans:
         raise CellsError(f"{path}: no reviewed cells in it")
     _check_classes(Counter(plan.label for plan in plans), labels, str(path))

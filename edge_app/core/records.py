@@ -90,8 +90,16 @@ def read_rows(path: str | Path) -> tuple[list[dict[str, str]], list[str]]:
 
 
 def row_box(row: dict[str, str]) -> Box:
-    """The cell's box in a CSV row (source-image pixels)."""
-    return Box(*(round(float(row[k])) for k in BOX_COLUMNS), 0)
+    """The cell's box in a CSV row (source-image pixels); ValueError naming the row's source and the column when
+    a value is not a finite number (a hand-edited CSV)."""
+    values = []
+    for k in BOX_COLUMNS:
+        try:
+            values.append(round(float(row.get(k) or "")))
+        except (ValueError, OverflowError):
+            raise ValueError(f"{row.get('source', '')}: its box's {k} is {row.get(k)!r}, not a number of "
+                             "pixels") from None
+    return Box(*values, 0)
 
 
 def row_image(source: str, csv_path: Path) -> Path:

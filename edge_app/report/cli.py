@@ -55,7 +55,10 @@ def build(results: Path, model_file: str, model_meta: dict, sample: str | None) 
         cells.append(cell)
         per_label[cell.label] += 1
         if per_label[cell.label] <= MAX_THUMBNAILS and not int(row.get("frame") or 0):
-            wanted.setdefault(cell.source, []).append((cell, row_box(row)))
+            try:
+                wanted.setdefault(cell.source, []).append((cell, row_box(row)))
+            except ValueError as exc:  # a hand-edited box: the cell is counted, without its picture
+                print(f"hemato report: no picture for {exc}", file=sys.stderr)
     for source, items in wanted.items():
         path = row_image(source, results)
         try:

@@ -106,7 +106,11 @@ class ReviewStore:
                 continue
             bgr = as_bgr(decoded.image)
             for r in source_rows:
-                box = row_box(r).divided_by(decoded.scale)
+                try:
+                    box = row_box(r).divided_by(decoded.scale)
+                except ValueError as exc:
+                    notes.append(str(exc))
+                    continue
                 record = {**r, "source": str(image), "confidence": float(r.get("confidence") or 0),
                           "probabilities": {k[2:]: float(v) for k, v in r.items() if k.startswith("p_") and v}}
                 ident = self.add(None, record, rgb_jpeg(crop_for_model(bgr, box, input_size)))
