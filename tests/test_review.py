@@ -172,6 +172,22 @@ def test_explain_on_the_web_and_in_run(client, tmp_path, tiny_tflite):
     assert len(pngs) == 2 and cv2.imread(str(pngs[0])).shape == (32, 64, 3)
 
 
+def test_heat_maps_of_same_named_images_do_not_overwrite_and_stay_out_of_the_source(tmp_path, tiny_tflite, capsys):
+    from hemato.cli import main
+    folder = tmp_path / "frames"
+    for sub in ("s1", "s2"):
+        (folder / sub).mkdir(parents=True)
+        cv2.imwrite(str(folder / sub / "img.png"), make_smear(seed=len(sub)))
+    heat = tmp_path / "heat"
+    assert main(["run", str(folder), "--model", str(tiny_tflite), "--csv", str(tmp_path / "r.csv"),
+                 "--explain", str(heat), "--threads", "1", "--quiet"]) == 0
+    assert len(list(heat.glob("img_*.png"))) == 2
+    assert main(["run", str(folder), "--model", str(tiny_tflite), "--csv", str(tmp_path / "r2.csv"),
+                 "--explain", str(folder / "heat")]) == 2
+    assert "inside the folder being classified" in capsys.readouterr().err
+    assert not (tmp_path / "r2.csv").exists() and not (folder / "heat").exists()
+
+
 def test_run_without_explain_opens_no_second_interpreter(tmp_path, tiny_tflite, monkeypatch):
     import edge_app.core.head_probe as head_probe
     from hemato.cli import main

@@ -7,6 +7,7 @@ An existing CSV is resumed (see edge_app.run.resume) unless --overwrite is given
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import signal
 import sys
@@ -139,9 +140,11 @@ class HeatMaps:
     def write(self, frame: Frame, result: FrameResult) -> None:
         """The maps of the crops the model classified (FrameResult.crops)."""
         stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(frame.source).stem)[:80]
+        # images of one name in different folders (s1/img.jpg, s2/img.jpg) must not overwrite each other's maps
+        tag = hashlib.sha1(frame.source.encode()).hexdigest()[:6]
         for index, (cell, crop) in enumerate(zip(result.cells, result.crops)):
             picture = np.hstack([crop, self.explainer.overlay(crop, self.labels.index(cell.predicted))])
-            name = f"{stem}_f{frame.index}_c{index}_{cell.label}.png"
+            name = f"{stem}_{tag}_f{frame.index}_c{index}_{cell.label}.png"
             cv2.imwrite(str(self.folder / name), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
 
 
@@ -295,6 +298,10 @@ def main(args: argparse.Namespace) -> int:
         classifier = Classifier(model_path, threads=args.threads)
     except (ModelFileError, RuntimeError) as exc:
         return _error(_model_error(exc, model_path if isinstance(exc, ModelFileError) else None))
+    if args.explain and Path(args.source).is_dir() and Path(args.source).resolve() in (
+            explain := Path(args.explain).resolve(), *explain.parents):
+        return _error(f"--explain {args.explain} is inside the folder being classified: its heat maps would be "
+                      "classified too; give a folder outside it")
     stopper = Stopper()
     try:
         source = open_source(args.source, every=args.every, reopen_attempts=args.reopen, stop=stopper.event,
