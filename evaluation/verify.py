@@ -29,7 +29,7 @@ from edge_app.core.model import Classifier
 from edge_app.core.pipeline import decide, is_unusual_crop
 from edge_app.core.vision import CropSettings, largest_cell_crop
 from evaluation.calibration import coverage_of_answers, expected_calibration_error, reliability_bins, risk_coverage
-from hemato.argtypes import output_file, output_folder
+from hemato.argtypes import output_file, output_folder, positive_int
 
 PRINTED_DISAGREEMENTS = 20
 
@@ -394,7 +394,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fail when top-1 agreement on the cells the reference answers is below this "
                              "(%%, default 99); over all cells, agreement must reach the reference's own on "
                              "mirrored crops")
-    parser.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="interpreter threads (default: all cores)")
     parser.add_argument("--plots", type=output_folder, metavar="DIR",
                         help="also write DIR/reliability.png and DIR/risk_coverage.png (needs matplotlib)")
     parser.add_argument("--cells", action="store_true",

@@ -39,10 +39,13 @@ def bad_models(folder: Path, bare: bytes, good: Path) -> dict[str, tuple[Path, s
         "wrong_size.tflite": (with_metadata(bare, tiny_metadata(LABELS, 48)),
                               "input shape (1, 32, 32, 3) does not match the pipeline's (1, 48, 48, 3)"),
         "three_labels.tflite": (with_metadata(bare, tiny_metadata(LABELS[:3], 32)), "4 outputs but 3 labels"),
+        "a_folder": ("folder", "is a folder, not a model file"),
     }
     out = {}
     for name, (data, message) in cases.items():
-        if data is not None:
+        if data == "folder":
+            (folder / name).mkdir()
+        elif data is not None:
             (folder / name).write_bytes(data)
         out[name] = (folder / name, message)
     return out

@@ -50,3 +50,12 @@ def test_serve_refuses_a_port_that_cannot_exist(port, capsys):
 def test_serve_takes_the_threshold_as_a_fraction_like_run(capsys):
     pytest.importorskip("flask")
     assert "between 0 and 1" in usage_error(["serve", *NO_SERVER, "--min-confidence", "95"], capsys)
+
+
+def test_report_names_a_csv_it_cannot_read(tmp_path, capsys):
+    assert hemato(["report", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r.html")]) == 2
+    assert f"{tmp_path / 'missing.csv'}: No such file" in capsys.readouterr().err
+    binary = tmp_path / "model.csv"
+    binary.write_bytes(bytes(range(256)))
+    assert hemato(["report", str(binary), "--out", str(tmp_path / "r.html")]) == 2
+    assert f"{binary} is not a text CSV" in capsys.readouterr().err

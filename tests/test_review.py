@@ -47,6 +47,7 @@ def test_review_reclassify_export_and_adapt_reads_it(client, tmp_path):
     assert counts["reviewed"] == 1 and counts["reclassified"] == 1
     assert client.post(f"/api/review/{first['id']}", json={"label": "NOT_A_CLASS"}).status_code == 400
     assert client.post("/api/review/99999", json={"label": LABELS[0]}).status_code == 404
+    assert client.post(f"/api/review/{first['id']}", json=[1]).status_code == 400  # not an object
     crop = client.get(f"/review/crop/{first['id']}.jpg")
     assert crop.status_code == 200 and crop.data[:2] == b"\xff\xd8"
 

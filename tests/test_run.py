@@ -212,6 +212,23 @@ def test_signal_ends_the_run_with_results_and_summary(tmp_path, tiny_tflite, mon
     assert {s: signal.getsignal(s) for s in before} == before  # handlers restored
 
 
+def test_an_interrupted_folder_run_says_how_to_go_on(tmp_path, tiny_tflite, monkeypatch, capsys):
+    import edge_app.run.cli as run_cli
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(4):
+        cv2.imwrite(str(folder / f"{k}.png"), make_smear(seed=k))
+    classify = run_cli.process_frame
+
+    def interrupted(*args, **kwargs):
+        result = classify(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C after the first image
+        return result
+    monkeypatch.setattr(run_cli, "process_frame", interrupted)
+    assert hemato(["run", str(folder), "--model", str(tiny_tflite), "--csv", str(tmp_path / "r.csv")]) == 130
+    assert "the same command again goes on where this one stopped" in capsys.readouterr().err
+
+
 def test_a_signal_landing_inside_the_stop_events_wait_does_not_deadlock():
     """The handler runs on the thread it interrupts: if that thread is inside Event.wait it holds the event's
     lock (the watch loop's poll), and a plain event.set() in the handler would wait for itself forever."""

@@ -116,6 +116,8 @@ def read_tflite_metadata(model_bytes: bytes) -> dict[str, bytes]:
 def read_model_metadata(path: str | Path) -> dict[str, Any]:
     """The HematoVision metadata (labels, input size, crop settings, ...) stored in a .tflite file."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder, not a model file: give the .tflite file in it")
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
     entries = read_tflite_metadata(path.read_bytes())

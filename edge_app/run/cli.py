@@ -371,4 +371,7 @@ def main(args: argparse.Namespace) -> int:
             status = status or _error(f"cannot write {args.json_summary}: {exc.strerror or exc}")
     if ended_by_fault:
         print(f"hemato run: error: {stats.stopped}; the results so far are in {writer.path}", file=sys.stderr)
+    elif status in (128 + signal.SIGINT, 128 + signal.SIGTERM) and not source.live and not args.watch:
+        print(f"hemato run: the same command again goes on where this one stopped ({writer.path} is resumed)",
+              file=sys.stderr)
     return status

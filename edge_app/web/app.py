@@ -288,7 +288,8 @@ def create_app(classifier: Classifier, camera: str | None = None,
 
     @app.post("/api/review/<int:ident>")
     def review_set(ident: int):
-        label = (request.get_json(silent=True) or {}).get("label")
+        body = request.get_json(silent=True)
+        label = body.get("label") if isinstance(body, dict) else None
         if label not in labels:
             return jsonify(error=f"label must be one of {', '.join(labels)}", status=400), 400
         cell = state.review.set_label(session_id(), ident, label)
