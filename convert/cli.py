@@ -35,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="int8: keep the stem (pixel scaling, Conv1, first bottleneck) in float; float I/O. "
                              "Needed by the shipped MobileNetV2: full int8 loses its answer there")
     parser.add_argument("--keep-calibration", action="store_true",
-                        help="keep the run's temperature and threshold instead of refitting them on this file's "
-                             "own outputs for the run's validation split (the default when splits.csv has one)")
+                        help="keep the run's temperature and threshold; by default, when the run's splits.csv has "
+                             "validation rows, they are refitted on this file's own outputs for them")
     parser.add_argument("--no-feature-correction", dest="feature_correction", action="store_false",
                         help="int8 with --float-stem: do not correct the int8 backbone's per-channel error on the "
                              "pooled features in the float head (fitted on the calibration crops)")

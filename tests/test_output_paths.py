@@ -59,3 +59,11 @@ def test_report_names_a_csv_it_cannot_read(tmp_path, capsys):
     binary.write_bytes(bytes(range(256)))
     assert hemato(["report", str(binary), "--out", str(tmp_path / "r.html")]) == 2
     assert f"{binary} is not a text CSV" in capsys.readouterr().err
+
+
+def test_report_says_when_the_images_behind_its_cells_cannot_be_read(tmp_path, capsys):
+    results = tmp_path / "r.csv"
+    results.write_text("source,frame,cell,label,predicted,confidence,x0,y0,x1,y1,error,p_A,p_B\r\n"
+                       "gone/a.jpg,0,0,A,A,0.99,1,1,20,20,,0.99,0.01\r\n")
+    assert hemato(["report", str(results), "--out", str(tmp_path / "r.html")]) == 0
+    assert "1 of 1 images could not be read" in capsys.readouterr().err

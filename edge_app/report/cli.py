@@ -59,17 +59,22 @@ def build(results: Path, model_file: str, model_meta: dict, sample: str | None) 
                 wanted.setdefault(cell.source, []).append((cell, row_box(row)))
             except ValueError as exc:  # a hand-edited box: the cell is counted, without its picture
                 print(f"hemato report: no picture for {exc}", file=sys.stderr)
+    missing = 0
     for source, items in wanted.items():
         path = row_image(source, results)
         try:
             decoded = load_image(path)
         except (ImageError, OSError):
+            missing += 1
             continue
         bgr = as_bgr(decoded.image)
         for cell, b in items:
             box = b.divided_by(decoded.scale)
             if box.x1 > box.x0 and box.y1 > box.y0:
                 cell.jpeg = rgb_jpeg(crop_for_model(bgr, box, THUMBNAIL_PX), 88)
+    if missing:  # e.g. run from another folder than `hemato run`, whose relative paths the CSV holds
+        print(f"hemato report: {missing} of {len(wanted)} images could not be read, so their cells have no "
+              f"picture (a relative path in the CSV is read from this folder or from the CSV's)", file=sys.stderr)
     if sample is None:
         sources = [c.source for c in cells] or [str(results)]
         try:
