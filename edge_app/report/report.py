@@ -90,7 +90,7 @@ def render(report: ReportInput) -> str:
     date = report.date or datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     facts = [("Sample", report.sample), ("Date", date), ("Model file", report.model_file),
              ("Model adaptation", note), ("Total cells", diff["total"]),
-             ("UNCERTAIN", f"{diff['uncertain']} (left out of '% of classified')"),
+             ("UNCERTAIN", f"{diff['uncertain']} (left out of '% of answered')"),
              ("Reviewed by a person", f"{len(reviewed)} of {len(report.cells)}"
               + (f" ({changed} reclassified)" if reviewed else ""))]
     if report.failed_images:
@@ -102,7 +102,7 @@ def render(report: ReportInput) -> str:
            '<table class="facts">' + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
            + "</table>", "<h2>Differential count</h2>",
            '<table class="differential"><thead><tr><th>Class</th><th class="num">Count</th>'
-           '<th class="num">% of classified</th><th class="num">% of all cells</th><th></th></tr></thead><tbody>']
+           '<th class="num">% of answered</th><th class="num">% of all cells</th><th></th></tr></thead><tbody>']
     for c in diff["classes"]:
         colour = colour_hex(c["label"], labels)
         out.append(f'<tr data-label="{_e(c["label"])}"><td><span class="swatch" style="background:{colour}"></span>'
