@@ -108,11 +108,13 @@ def describe(path: Path, meta: dict[str, Any]) -> list[str]:
 
 def main(args: argparse.Namespace) -> int:
     """Print what the model is; 2 when it cannot be read."""
+    path = None
     try:
         path = find_model(args.model)
         meta = read_model_metadata(path)
     except ModelFileError as exc:
-        print(f"hemato info: error: {exc}", file=sys.stderr)
+        named = path is None or str(path) in str(exc)
+        print(f"hemato info: error: {exc if named else f'{path}: {exc}'}", file=sys.stderr)
         return 2
     if args.json:
         import json

@@ -16,7 +16,7 @@ SUBCOMMANDS = {
     "info": ("edge_app.info", "edge", "what a model is: classes, input, threshold, provenance"),
     "report": ("edge_app.report.cli", "edge", "a printable HTML report of a results CSV"),
     "adapt": ("edge_app.adapt.cli", "edge", "refit the model's head on your laboratory's reviewed cells"),
-    "verify": ("evaluation.verify", "edge", "compare two models on labelled images (parity gate)"),
+    "verify": ("evaluation.verify", "edge", "compare a reference model with one or more others on labelled images (parity gate)"),
     "bench": ("benchmarks.bench", "edge", "speed, size, memory and accuracy of models, here"),
     "train": ("training.cli", "train", "train a classifier on labelled cell images"),
     "convert": ("convert.cli", "train", "convert a trained model to TFLite (float32 ... int8)"),

@@ -67,3 +67,12 @@ def test_report_says_when_the_images_behind_its_cells_cannot_be_read(tmp_path, c
                        "gone/a.jpg,0,0,A,A,0.99,1,1,20,20,,0.99,0.01\r\n")
     assert hemato(["report", str(results), "--out", str(tmp_path / "r.html")]) == 0
     assert "1 of 1 images could not be read" in capsys.readouterr().err
+
+
+def test_a_file_given_where_a_csv_or_model_belongs_is_named(tmp_path, capsys):
+    image = tmp_path / "cell.jpg"
+    image.write_bytes(bytes([0xFF, 0xD8, 0xFF, 0xE0]) + bytes(range(256)))
+    assert hemato(["adapt", str(image), "--out", str(tmp_path / "a.tflite")]) == 2
+    assert f"{image} is not a text CSV" in capsys.readouterr().err
+    assert hemato(["info", str(image)]) == 2
+    assert f"{image}: not a TFLite model" in capsys.readouterr().err

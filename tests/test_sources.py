@@ -200,3 +200,12 @@ def test_picamera_missing_is_a_clear_source_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "picamera2", None)  # import fails
     with pytest.raises(SourceError, match="picamera2"):
         open_source("picamera")
+
+
+def test_a_folder_lists_webp_images_as_a_single_file_is_read(tmp_path):
+    """A .webp inside a folder is classified as the same file named on the command line is."""
+    from edge_app.core.dataset import images_in
+    ok, data = cv2.imencode(".webp", np.full((60, 80, 3), 200, np.uint8))
+    (tmp_path / "cell.webp").write_bytes(data.tobytes())
+    (tmp_path / "notes.txt").write_text("x")
+    assert [p.name for p in images_in(tmp_path)] == ["cell.webp"]

@@ -97,7 +97,10 @@ def plan_folder(root: Path, labels: list[str]) -> list[CellPlan]:
 def plan_csv(path: Path, labels: list[str]) -> list[CellPlan]:
     """The reviewed rows of a review export (source, x0..y1, label, reviewed) as cells to read."""
     path = Path(path)
-    rows, header = read_rows(path)
+    try:
+        rows, header = read_rows(path)
+    except ValueError as exc:
+        raise CellsError(f"{exc}: give a review export CSV or a folder of class folders") from None
     columns = set(header)
     if not CELL_COLUMNS <= columns:
         raise CellsError(f"{path}: not a review export (columns {', '.join(sorted(CELL_COLUMNS - columns))} missing)")

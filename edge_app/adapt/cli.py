@@ -59,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"hemato adapt: base {base} ({len(labels)} classes); reading {len(plans)} cells from {args.cells}",
               file=sys.stderr)
         cells = load_cells(plans, labels, settings)
-    except (CellsError, OSError, UnicodeDecodeError) as exc:
+    except (CellsError, OSError) as exc:
         return _error(str(exc))
     for source, reason in cells.skipped:
         print(f"hemato adapt: skipped {source}: {reason}", file=sys.stderr)

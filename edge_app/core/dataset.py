@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # what the decoder reads
 
 
 def images_in(folder: Path, recursive: bool = False) -> list[Path]:

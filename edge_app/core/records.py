@@ -83,10 +83,14 @@ def is_reviewed(row: dict[str, Any]) -> bool:
 
 
 def read_rows(path: str | Path) -> tuple[list[dict[str, str]], list[str]]:
-    """A results CSV's rows (`hemato run`'s or a review export) and its header's columns."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        return list(reader), list(reader.fieldnames or [])
+    """A results CSV's rows (`hemato run`'s or a review export) and its header's columns; ValueError naming the
+    file when it is not text (an image or a model given by mistake)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            return list(reader), list(reader.fieldnames or [])
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text CSV (not UTF-8)") from None
 
 
 def row_box(row: dict[str, str]) -> Box:

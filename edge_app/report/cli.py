@@ -95,9 +95,6 @@ def main(args: argparse.Namespace) -> int:
             return 2
     try:
         report = build(args.results, model_file, meta, args.sample)
-    except UnicodeDecodeError:
-        print(f"hemato report: {args.results} is not a text CSV (not UTF-8)", file=sys.stderr)
-        return 2
     except (OSError, ValueError, KeyError) as exc:
         message = getattr(exc, "strerror", None) or str(exc)
         print(f"hemato report: {message if str(args.results) in message else f'{args.results}: {message}'}",

@@ -433,7 +433,9 @@ def main(args: argparse.Namespace) -> int:
         app = create_app(classifier, camera=args.camera, min_confidence=args.min_confidence,
                          rbc_diameter=args.rbc_diameter, review=args.review)
     except (OSError, ValueError, KeyError) as exc:
-        print(f"hemato serve: --review {args.review}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        message = str(getattr(exc, "strerror", None) or exc)
+        print(f"hemato serve: --review {message if str(args.review) in message else f'{args.review}: {message}'}",
+              file=sys.stderr)
         return 2
     for note in app.config["REVIEW_NOTES"]:
         print(f"hemato serve: review: skipped {note}", file=sys.stderr)
