@@ -30,9 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _crop_line(crop: dict[str, Any]) -> str:
+    short = (f"a {crop['reference_short_side']} px short side (the training frames', at the model's red-cell "
+             "scale)" if crop.get("reference_short_side") and crop.get("rbc_diameter_px") else "the frame's short side")
     parts = [f"the stained nucleus located by colour (stain threshold {crop.get('stain_threshold', '?')}), "
              f"a square of {crop.get('crop_scale', 1.0)} x its extent, at least {crop.get('min_crop_frac', '?')} "
-             "of the frame's short side"]
+             f"of {short}"]
     if "analysis_max_side" in crop:
         parts.append(f"located on the frame reduced to at most {crop['analysis_max_side']} px")
     extra = {k: v for k, v in crop.items() if k not in ("stain_threshold", "crop_scale", "min_crop_frac",

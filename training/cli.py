@@ -17,19 +17,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and TEST/), or a CSV with filepath,label[,split][,group][,source]")
     parser.add_argument("--out", type=Path, default=Path("runs/wbc"), help="output folder (default runs/wbc)")
     parser.add_argument("--weights", default=DEFAULTS.weights,
-                        help="backbone weights: imagenet (downloads), a local .h5 file, or none")
-    parser.add_argument("--input-size", type=int, default=DEFAULTS.input_size, help="model input side in pixels")
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
-    parser.add_argument("--head-epochs", type=int, default=DEFAULTS.head_epochs, help="max epochs, frozen backbone")
+                        help="backbone weights: imagenet (downloads), a local .h5 file, or none (default %(default)s)")
+    parser.add_argument("--input-size", type=int, default=DEFAULTS.input_size, help="model input side in pixels (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="(default %(default)s)")
+    parser.add_argument("--head-epochs", type=int, default=DEFAULTS.head_epochs, help="max epochs, frozen backbone (default %(default)s)")
     parser.add_argument("--finetune-epochs", type=int, default=DEFAULTS.finetune_epochs,
                         help="max epochs fine-tuning the top of the backbone (default 0: none; needs --folds 1)")
-    parser.add_argument("--finetune-from", default=DEFAULTS.finetune_from, help="first backbone layer to unfreeze")
-    parser.add_argument("--finetune-lr", type=float, default=DEFAULTS.finetune_lr)
-    parser.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
-    parser.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction)
-    parser.add_argument("--patience", type=int, default=DEFAULTS.patience, help="early-stopping patience (epochs)")
+    parser.add_argument("--finetune-from", default=DEFAULTS.finetune_from, help="first backbone layer to unfreeze (default %(default)s)")
+    parser.add_argument("--finetune-lr", type=float, default=DEFAULTS.finetune_lr, help="(default %(default)s)")
+    parser.add_argument("--dropout", type=float, default=DEFAULTS.dropout, help="head dropout (default %(default)s)")
+    parser.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction,
+                        help="photographs held out for validation with --folds 1 and no split given "
+                             "(default %(default)s)")
+    parser.add_argument("--patience", type=int, default=DEFAULTS.patience, help="early-stopping patience in epochs (default %(default)s)")
     parser.add_argument("--views", type=int, choices=(1, 2, 4), default=DEFAULTS.views,
-                        help="rotations averaged inside the deployed model (4: orientation-free, 4x compute)")
+                        help="rotations averaged inside the deployed model (4: orientation-free, 4x compute; default "
+                             "%(default)s)")
     parser.add_argument("--crop-scale", type=float, default=DEFAULTS.crop_scale,
                         help="crop side as a multiple of the stained nucleus's extent (default %(default)s)")
     parser.add_argument("--min-crop-frac", type=float, default=DEFAULTS.min_crop_frac,
@@ -46,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="K>1 (default %(default)s): no split, the head is the mean of K heads trained on K-1 "
                              "folds of whole photographs each, calibrated out of fold, the backbone not fine-tuned; "
                              "1: hold out a validation split")
-    parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="(default %(default)s)")
     parser.add_argument("--cache", type=Path, default=None, help="crop/feature cache folder (default OUT/cache)")
 
 
