@@ -76,3 +76,9 @@ def test_a_file_given_where_a_csv_or_model_belongs_is_named(tmp_path, capsys):
     assert f"{image} is not a text CSV" in capsys.readouterr().err
     assert hemato(["info", str(image)]) == 2
     assert f"{image}: not a TFLite model" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_camera_file_that_does_not_exist(tmp_path, capsys):
+    pytest.importorskip("flask")
+    assert hemato(["serve", *NO_SERVER, "--camera", str(tmp_path / "missing.mp4")]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import threading
 import time
 import unicodedata
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -424,6 +425,12 @@ def main(args: argparse.Namespace) -> int:
     """Load the model and serve until Ctrl-C or SIGTERM; 2 when the model cannot be loaded or the port is taken."""
     if not args.debug:
         import waitress  # noqa: F401  fail before loading the model: hemato.cli names the extra to install
+    camera = args.camera
+    if camera is not None and not camera.isdigit() and camera != "picamera" and not Path(camera).expanduser().exists():
+        # a camera may be plugged in later (the live view retries it); a file named wrongly will not appear
+        print(f"hemato serve: --camera {camera}: no such file (give a camera index such as 0, picamera, or a video "
+              "file)", file=sys.stderr)
+        return 2
     try:
         classifier = Classifier(find_model(args.model), threads=args.threads)
     except (ModelFileError, RuntimeError) as exc:
