@@ -165,3 +165,14 @@ def test_watch_ends_on_sigterm_with_summary_and_resumes_after_a_restart(tmp_path
     assert "2 sources already in it skipped" in stderr and "c.jpg is classified again" in stderr
     assert "Images read: 2" in stdout  # c again and d
     assert csv_sources(out) == ["a.jpg"] * 2 + ["b.jpg"] * 2 + ["c.jpg"] * 2 + ["d.jpg"] * 2
+
+
+def test_rows_of_images_moved_out_of_the_watched_folder_still_count_in_its_differential(tmp_path):
+    from edge_app.run.watch import WatchFolder
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    (folder / "here.jpg").write_bytes(b"x")
+    watch = WatchFolder(folder)
+    assert watch.owns(str(folder / "moved_away.jpg")) and not watch.covers(str(folder / "moved_away.jpg"))
+    assert watch.owns(str(folder / "here.jpg")) and watch.covers(str(folder / "here.jpg"))
+    assert not watch.owns(str(tmp_path / "other" / "a.jpg"))

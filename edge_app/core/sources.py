@@ -50,6 +50,10 @@ class ImageFiles:
     def covers(self, name: str) -> bool:
         return path_key(name) in self._keys
 
+    def owns(self, name: str) -> bool:
+        """Whether a CSV row's source is one of these images (its differential counts only those)."""
+        return self.covers(name)
+
     def skip(self, done: set[str]) -> int:
         """Leave out images whose rows are already in the CSV; how many were left out."""
         keys = {path_key(name) for name in done}
@@ -85,6 +89,9 @@ class VideoFile:
 
     def covers(self, name: str) -> bool:
         return name == utf8_text(self.path.name)
+
+    def owns(self, name: str) -> bool:
+        return self.covers(name)
 
     def skip(self, done: set[str]) -> int:
         """Leave the whole video out when its rows are already in the CSV; 1 if so."""
@@ -134,6 +141,9 @@ class Camera:
 
     def covers(self, name: str) -> bool:
         return False  # camera frames cannot be taken again: a resumed CSV is appended to
+
+    def owns(self, name: str) -> bool:
+        return True  # earlier sessions' frames cannot be told apart: the whole CSV is the camera's
 
     def skip(self, done: set[str]) -> int:
         return 0

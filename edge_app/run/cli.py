@@ -352,8 +352,8 @@ def main(args: argparse.Namespace) -> int:
     ended_by_fault = status in (EXIT_SOURCE_LOST, EXIT_USAGE)
     whole, other_rows = None, 0
     if earlier_rows:  # a resumed CSV: its differential is the folder's, not just this run's, nor another sample's
-        try:  # a camera's frames cannot be told from an earlier session's: its whole CSV is counted
-            whole, other_rows = csv_counts(writer.path, classifier.labels, None if source.live else source.covers)
+        try:
+            whole, other_rows = csv_counts(writer.path, classifier.labels, source.owns)
         except (OSError, ValueError) as exc:
             print(f"hemato run: cannot read {writer.path} back for its differential: {exc}", file=sys.stderr)
     print(stats.format(whole, earlier_rows or 0, str(writer.path), other_rows))

@@ -36,9 +36,13 @@ class WatchFolder:
         self._pending: dict[str, tuple[tuple[int, int], float]] = {}  # file -> (size, mtime), unchanged since
         self._missing = False
 
-    def covers(self, name: str) -> bool:
+    def owns(self, name: str) -> bool:
+        """Whether a CSV row's source is an image of this folder, still there or moved away since."""
         path = Path(path_key(name))
-        return path.suffix.lower() in IMAGE_SUFFIXES and Path(path_key(self.folder)) in path.parents and path.is_file()
+        return path.suffix.lower() in IMAGE_SUFFIXES and Path(path_key(self.folder)) in path.parents
+
+    def covers(self, name: str) -> bool:
+        return self.owns(name) and Path(path_key(name)).is_file()
 
     def skip(self, done: set[str]) -> int:
         """Never read files whose rows are already in the CSV; how many of the folder's files that is."""
