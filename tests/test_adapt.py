@@ -76,6 +76,9 @@ def test_adapt_round_trip_without_tensorflow(tmp_path, base_model):
     before, after = accuracy(base_model, held_out), accuracy(out, held_out)
     assert before < 0.8 and after >= before + 0.2, (before, after)
     assert record["cv_accuracy"] > record["base_accuracy_on_these_cells"]
+    # the printed calibration says what the file holds
+    assert ("was right when held out" in result.stdout) == record["calibration_kept_from_base"]
+    assert f"answer threshold {meta['min_confidence']}" in result.stdout
 
 
 @pytest.mark.parametrize("problem, expected", [
