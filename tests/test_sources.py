@@ -209,3 +209,21 @@ def test_a_folder_lists_webp_images_as_a_single_file_is_read(tmp_path):
     (tmp_path / "cell.webp").write_bytes(data.tobytes())
     (tmp_path / "notes.txt").write_text("x")
     assert [p.name for p in images_in(tmp_path)] == ["cell.webp"]
+
+
+def test_a_video_cut_short_is_noted_and_a_whole_one_or_a_stopped_run_is_not(tmp_path):
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (160, 120))
+    for k in range(12):
+        writer.write(cv2.resize(make_smear(seed=k), (160, 120)))
+    writer.release()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    whole = VideoFile(path)
+    assert sum(1 for _ in whole) == 12 and whole.faults() == ""
+    short = VideoFile(cut)
+    frames = sum(1 for _ in short)
+    assert frames < 12 and f"ended after {frames} of the 12 frames" in short.faults()
+    stopped = VideoFile(path)
+    next(iter(stopped))  # a run stopped after one frame: the file did not end
+    assert stopped.faults() == ""

@@ -86,6 +86,9 @@ class VideoFile:
         self._cap = cv2.VideoCapture(str(self.path))
         if not self._cap.isOpened():
             raise SourceError(f"cannot open video {self.path}: OpenCV has no reader for it")
+        self.expected = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)  # from the header; 0: not given
+        self.frames = 0  # frames read (or skipped by --every)
+        self.ended = False  # the file gave no more frames (not a run stopped early)
 
     def covers(self, name: str) -> bool:
         return name == utf8_text(self.path.name)
@@ -107,13 +110,18 @@ class VideoFile:
             else:
                 ok, image = self._cap.read()
             if not ok:
+                self.ended = True
                 return
+            self.frames = index + 1
             if image is not None:
                 yield Frame(utf8_text(self.path.name), index, image, "", (time.perf_counter() - start) * 1000)
             index += 1
 
     def faults(self) -> str:
-        return ""
+        """A note when the file ended well before the frame count its header gives (a damaged or cut file)."""
+        if not self.ended or not self.expected or self.frames >= self.expected - 1:
+            return ""
+        return f"{self.path.name} ended after {self.frames} of the {self.expected} frames its header gives (damaged?)"
 
     def close(self) -> None:
         self._cap.release()
