@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
 # subcommand -> (module with add_arguments/main, extra that provides its dependencies, help); in the order a
@@ -68,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(args) or 0)
     except ImportError as exc:
         return _missing_extra(command, extra, exc)
+    except BrokenPipeError:  # stdout's reader is gone (`hemato ... | head`): end as a Unix tool does, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's own flush too
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":
