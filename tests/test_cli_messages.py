@@ -1,5 +1,6 @@
-"""Output paths and ports are checked when the command starts: a one-line usage error (status 2), not a
-traceback after the work is done."""
+"""What the commands say when given a wrong path, port or file: output paths and ports are checked when the
+command starts (a one-line usage error, status 2, not a traceback after the work is done), and a file given in
+the wrong place is named."""
 from __future__ import annotations
 
 import pytest
