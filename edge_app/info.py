@@ -14,7 +14,7 @@ from typing import Any
 from edge_app.core.metadata import ModelFileError, read_model_metadata
 from edge_app.core.model_path import MODEL_HELP, find_model
 from edge_app.core.ood import ColourGuard
-from edge_app.core.wording import threshold_text
+from edge_app.core.wording import naming, threshold_text
 
 # Training settings worth a line, in this order (the rest is in the metadata: hemato info --json).
 TRAINING_KEYS = ("folds", "head_epochs", "finetune_epochs", "batch_size", "head_lr", "dropout", "augmented_copies",
@@ -115,8 +115,7 @@ def main(args: argparse.Namespace) -> int:
         path = find_model(args.model)
         meta = read_model_metadata(path)
     except ModelFileError as exc:
-        named = path is None or str(path) in str(exc)
-        print(f"hemato info: error: {exc if named else f'{path}: {exc}'}", file=sys.stderr)
+        print(f"hemato info: error: {naming(path, exc)}", file=sys.stderr)
         return 2
     if args.json:
         import json

@@ -28,6 +28,7 @@ from edge_app.core.metadata import ModelFileError
 from edge_app.core.model import Classifier
 from edge_app.core.pipeline import decide, is_unusual_crop
 from edge_app.core.vision import CropSettings, largest_cell_crop
+from edge_app.core.wording import naming
 from evaluation.calibration import coverage_of_answers, expected_calibration_error, reliability_bins, risk_coverage
 from hemato.argtypes import output_file, output_folder, positive_int
 
@@ -58,7 +59,7 @@ def load_models(paths: list[Path], threads: int | None) -> list[Classifier]:
         try:
             models.append(Classifier(path, threads=threads))
         except ModelFileError as exc:
-            raise VerifyError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from exc
+            raise VerifyError(naming(path, exc)) from exc
     ref = models[0]
     for other in models[1:]:
         if set(other.labels) != set(ref.labels):

@@ -13,6 +13,12 @@ from edge_app.core.pipeline import UNCERTAIN, UNUSUAL_CROP, CellResult
 NOT_DIAGNOSTIC = "Not a diagnostic device: a qualified person must confirm every result."
 
 
+def naming(path: object | None, message: object) -> str:
+    """An error message led by the file it is about, unless it already names it (or no file is known)."""
+    text = str(message)
+    return text if path is None or str(path) in text else f"{path}: {text}"
+
+
 def percent(p: float) -> str:
     """A probability as a percentage rounded down to 0.1 (so a cell below the threshold never shows above it)."""
     return f"{math.floor(1000 * float(p) + 1e-9) / 10:.1f} %"

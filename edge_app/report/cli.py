@@ -20,6 +20,7 @@ from edge_app.core.model_path import MODEL_HELP, find_model
 from edge_app.core.overlay import rgb_jpeg
 from edge_app.core.records import CELL_COLUMNS, is_reviewed, read_rows, row_box, row_image
 from edge_app.core.vision import crop_for_model
+from edge_app.core.wording import naming
 from edge_app.report.report import MAX_THUMBNAILS, ReportCell, ReportInput, render
 from hemato.argtypes import output_file
 
@@ -96,9 +97,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         report = build(args.results, model_file, meta, args.sample)
     except (OSError, ValueError, KeyError) as exc:
-        message = getattr(exc, "strerror", None) or str(exc)
-        print(f"hemato report: {message if str(args.results) in message else f'{args.results}: {message}'}",
-              file=sys.stderr)
+        print(f"hemato report: {naming(args.results, getattr(exc, 'strerror', None) or exc)}", file=sys.stderr)
         return 2
     if not report.labels:
         print(f"hemato report: {args.results} names no classes (no p_<CLASS> columns) and no model was found",

@@ -28,7 +28,7 @@ from edge_app.core.overlay import FpsMeter, draw_results
 from edge_app.core.pipeline import FrameResult, classify_frame
 from edge_app.core.records import csv_columns
 from edge_app.core.sources import SourceError, SourceLost
-from edge_app.core.wording import image_answer, threshold_text
+from edge_app.core.wording import image_answer, naming, threshold_text
 from edge_app.run.display import Display, display_available
 from edge_app.run.results import CsvWriter, RunStats, csv_counts
 from edge_app.run.resume import CsvMismatch, resume_csv
@@ -259,12 +259,6 @@ def _make_display(args: argparse.Namespace, source: Source) -> Display | None:
     return Display(wait_ms=1 if source.stream else 0)
 
 
-def _model_error(exc: Exception, path: Path | None) -> str:
-    """The loader's message, naming the model file when it does not already."""
-    message = str(exc)
-    return message if path is None or str(path) in message else f"{path}: {message}"
-
-
 def open_csv(path: str, labels: list[str], source: Source, overwrite: bool = False,
              fsync: bool = False) -> tuple[CsvWriter, list[str], int | None]:
     """The CSV writer, resuming an existing CSV unless overwrite; notes on what resuming did; and the rows kept
@@ -297,7 +291,7 @@ def main(args: argparse.Namespace) -> int:
         model_path = find_model(args.model)
         classifier = Classifier(model_path, threads=args.threads)
     except (ModelFileError, RuntimeError) as exc:
-        return _error(_model_error(exc, model_path if isinstance(exc, ModelFileError) else None))
+        return _error(naming(model_path if isinstance(exc, ModelFileError) else None, exc))
     if args.explain and Path(args.source).is_dir() and Path(args.source).resolve() in (
             explain := Path(args.explain).resolve(), *explain.parents):
         return _error(f"--explain {args.explain} is inside the folder being classified: its heat maps would be "

@@ -32,7 +32,7 @@ from edge_app.core.model_path import MODEL_HELP, find_model
 from edge_app.core.overlay import colour_hex, draw_results, encode_jpeg, jpeg_data_url, rgb_jpeg
 from edge_app.core.pipeline import FrameResult, classify_frame
 from edge_app.core.records import BASE_COLUMNS, cell_record, csv_columns, csv_values, differential, spreadsheet_safe
-from edge_app.core.wording import NOT_DIAGNOSTIC, threshold_text, uncertain_meaning
+from edge_app.core.wording import NOT_DIAGNOSTIC, naming, threshold_text, uncertain_meaning
 from edge_app.web.live import LiveCamera, mjpeg_stream
 from edge_app.web.review import ReviewStore, counts, export_csv, export_zip, session_report
 from hemato.argtypes import fraction, port, positive_int
@@ -440,8 +440,7 @@ def main(args: argparse.Namespace) -> int:
         app = create_app(classifier, camera=args.camera, min_confidence=args.min_confidence,
                          rbc_diameter=args.rbc_diameter, review=args.review)
     except (OSError, ValueError, KeyError) as exc:
-        message = str(getattr(exc, "strerror", None) or exc)
-        print(f"hemato serve: --review {message if str(args.review) in message else f'{args.review}: {message}'}",
+        print(f"hemato serve: --review {naming(args.review, getattr(exc, 'strerror', None) or exc)}",
               file=sys.stderr)
         return 2
     for note in app.config["REVIEW_NOTES"]:
