@@ -42,6 +42,13 @@ def _missing_extra(command: str, extra: str, exc: ImportError) -> int:
     return 2
 
 
+def stdout_closed() -> int:
+    """Standard output's reader is gone (`hemato ... | head`): send what is left of it nowhere (the interpreter's
+    own flush at exit too) and return the status of a Unix tool so ended."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the subcommand, import its module lazily and run it."""
     argv = sys.argv[1:] if argv is None else argv
@@ -70,9 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(args) or 0)
     except ImportError as exc:
         return _missing_extra(command, extra, exc)
-    except BrokenPipeError:  # stdout's reader is gone (`hemato ... | head`): end as a Unix tool does, quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's own flush too
-        return 128 + signal.SIGPIPE
+    except BrokenPipeError:
+        return stdout_closed()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import signal
 import sys
 import threading
@@ -35,6 +34,7 @@ from edge_app.run.resume import CsvMismatch, resume_csv
 from edge_app.run.sources import Source, open_source
 from edge_app.run.watch import WatchFolder
 from hemato.argtypes import fraction, non_negative_int, output_file, positive_int, rbc_diameter, seconds
+from hemato.cli import stdout_closed
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE = 0, 1, 2
 PROGRESS_EVERY_S = 10.0
@@ -226,9 +226,8 @@ def run(classifier: Classifier, source: Source, writer: CsvWriter, min_confidenc
         stats.stopped, status = str(exc), EXIT_SOURCE_LOST
     except KeyboardInterrupt:
         stats.stopped, status = "interrupted", 128 + signal.SIGINT
-    except BrokenPipeError:  # stdout's reader is gone (`hemato run ... | head`): stop as a Unix tool does
-        stats.stopped, status = "standard output was closed", 128 + signal.SIGPIPE
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the summary goes nowhere, quietly
+    except BrokenPipeError:  # `hemato run ... | head`: stop after this image; the summary goes nowhere
+        stats.stopped, status = "standard output was closed", stdout_closed()
     except OSError as exc:  # the CSV cannot be written (disk full, card removed): stop and say so
         stats.stopped, status = f"cannot write {writer.path}: {exc.strerror or exc}", EXIT_USAGE
     finally:
