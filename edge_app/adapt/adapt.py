@@ -13,6 +13,7 @@ import numpy as np
 from edge_app.adapt.cells import CellSet, augmented_crops
 from edge_app.adapt.fit import AdaptedHead, adapt_head, fit_logit_range
 from edge_app.core.head_probe import HeadProbe
+from edge_app.core.model import stored_calibration
 from edge_app.core.ood import ColourGuard, GuardRegion
 from edge_app.core.vision import CropSettings, crop_statistics
 from edge_app.core.tflite_file import read_dense_head, with_dense_head, with_metadata
@@ -109,9 +110,7 @@ def adapted_model(base_path: Path, base_data: bytes, probe: HeadProbe,
     x, cell, original = features
     y = np.array([labels.index(cells.labels[c]) for c in cell])
     w0, b0 = read_dense_head(base_data)
-    # read as the Classifier reads them: no stored temperature is 1, no stored threshold answers every cell
-    base_calibration = (float(base_meta.get("temperature") or 1.0), float(base_meta.get("min_confidence") or 0.0))
-    head = adapt_head(x, y, cell, original, w0, b0, seed, base_calibration)
+    head = adapt_head(x, y, cell, original, w0, b0, seed, stored_calibration(base_meta))
     head = fit_logit_range(head, x, probe.logit_range())
     meta = adapted_metadata(base_meta, base_path, base_data, head, cells, labels, copies)
     return with_metadata(with_dense_head(base_data, head.weights, head.bias), meta), meta

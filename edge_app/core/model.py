@@ -98,6 +98,12 @@ def input_value(rgb: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
+def stored_calibration(metadata: dict[str, Any]) -> tuple[float, float]:
+    """A model file's (temperature, answer threshold): 1 without a temperature, 0 (answer every cell) without
+    a threshold."""
+    return float(metadata.get("temperature", 1.0)), float(metadata.get("min_confidence") or 0.0)
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax of logits / temperature, numerically stable."""
     z = np.asarray(logits, np.float64) / temperature
@@ -118,9 +124,8 @@ class Classifier:
         self.output_kind = self.metadata.get("output", "logits")
         if self.output_kind not in ("logits", "probabilities"):
             raise ModelFileError(f"{self.path}: metadata 'output' must be logits or probabilities")
-        self.temperature = float(self.metadata.get("temperature", 1.0))
-        # Below this calibrated confidence a cell is answered UNCERTAIN (0 = always answer).
-        self.min_confidence = float(self.metadata.get("min_confidence") or 0.0)
+        # Below min_confidence (calibrated at the temperature) a cell is answered UNCERTAIN (0 = always answer).
+        self.temperature, self.min_confidence = stored_calibration(self.metadata)
         # Crops whose colour statistics lie far from the training crops' are not forced into a class.
         self.colour_guard = ColourGuard.from_dict(self.metadata.get("ood"))
         self.threads = threads or default_threads()

@@ -18,8 +18,8 @@ import numpy as np
 from edge_app.core.dataset import IMAGE_SUFFIXES, images_in
 from edge_app.core.frames import VANISHED, Frame, image_frame, read_image, utf8_text
 
-__all__ = ["Camera", "Frame", "ImageFiles", "Source", "SourceError", "SourceLost", "VideoFile", "open_source",
-           "read_image"]
+__all__ = ["Camera", "Frame", "ImageFiles", "Source", "SourceError", "SourceLost", "VideoFile", "is_camera",
+           "open_source", "path_key", "read_image"]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
 
@@ -50,9 +50,7 @@ class ImageFiles:
     def covers(self, name: str) -> bool:
         return path_key(name) in self._keys
 
-    def owns(self, name: str) -> bool:
-        """Whether a CSV row's source is one of these images (its differential counts only those)."""
-        return self.covers(name)
+    owns = covers  # a CSV row's source is one of these images: its differential counts only those
 
     def skip(self, done: set[str]) -> int:
         """Leave out images whose rows are already in the CSV; how many were left out."""
@@ -82,6 +80,7 @@ class VideoFile:
 
     def __init__(self, path: Path, every: int = 1):
         self.path, self.every = Path(path), max(1, every)
+        self.source = utf8_text(self.path.name)  # the CSV's `source` of its frames
         self.skipped = False
         self._cap = cv2.VideoCapture(str(self.path))
         if not self._cap.isOpened():
@@ -91,14 +90,13 @@ class VideoFile:
         self.ended = False  # the file gave no more frames (not a run stopped early)
 
     def covers(self, name: str) -> bool:
-        return name == utf8_text(self.path.name)
+        return name == self.source
 
-    def owns(self, name: str) -> bool:
-        return self.covers(name)
+    owns = covers
 
     def skip(self, done: set[str]) -> int:
         """Leave the whole video out when its rows are already in the CSV; 1 if so."""
-        self.skipped = utf8_text(self.path.name) in done
+        self.skipped = self.source in done
         return int(self.skipped)
 
     def __iter__(self) -> Iterator[Frame]:
@@ -114,14 +112,14 @@ class VideoFile:
                 return
             self.frames = index + 1
             if image is not None:
-                yield Frame(utf8_text(self.path.name), index, image, "", (time.perf_counter() - start) * 1000)
+                yield Frame(self.source, index, image, "", (time.perf_counter() - start) * 1000)
             index += 1
 
     def faults(self) -> str:
         """A note when the file ended well before the frame count its header gives (a damaged or cut file)."""
         if not self.ended or not self.expected or self.frames >= self.expected - 1:
             return ""
-        return f"{self.path.name} ended after {self.frames} of the {self.expected} frames its header gives (damaged?)"
+        return f"{self.source} ended after {self.frames} of the {self.expected} frames its header gives (damaged?)"
 
     def close(self) -> None:
         self._cap.release()
@@ -275,6 +273,11 @@ def picamera_opener() -> Callable[[], Any]:
 Source = ImageFiles | VideoFile | Camera
 
 
+def is_camera(spec: str) -> bool:
+    """Whether a source named on the command line is a camera (an OpenCV index, or picamera) rather than files."""
+    return spec.isdigit() or spec == "picamera"
+
+
 def open_source(spec: str, every: int = 1, camera_opener: Callable[[], Any] | None = None,
                 reopen_attempts: int = 3, backoff_s: float = 0.5, stop: threading.Event | None = None,
                 read_retries: int = 3, retry_wait_s: float = 0.1) -> Source:
@@ -282,10 +285,10 @@ def open_source(spec: str, every: int = 1, camera_opener: Callable[[], Any] | No
     camera = dict(every=every, reopen_attempts=reopen_attempts, backoff_s=backoff_s, stop=stop,
                   read_retries=read_retries, retry_wait_s=retry_wait_s)
     path = Path(spec).expanduser()
-    if spec.isdigit():
-        return Camera(spec, camera_opener or (lambda: cv2.VideoCapture(int(spec))), **camera)
-    if spec == "picamera":
-        return Camera("picamera", camera_opener or picamera_opener(), **camera)
+    if is_camera(spec):
+        if camera_opener is None:
+            camera_opener = picamera_opener() if spec == "picamera" else (lambda: cv2.VideoCapture(int(spec)))
+        return Camera(spec, camera_opener, **camera)
     if path.is_dir():
         paths = images_in(path, recursive=True)
         if not paths:

@@ -32,6 +32,7 @@ from edge_app.core.model_path import MODEL_HELP, find_model
 from edge_app.core.overlay import colour_hex, draw_results, encode_jpeg, jpeg_data_url, rgb_jpeg
 from edge_app.core.pipeline import FrameResult, classify_frame
 from edge_app.core.records import BASE_COLUMNS, cell_record, csv_columns, csv_values, differential, spreadsheet_safe
+from edge_app.core.sources import is_camera
 from edge_app.core.wording import NOT_DIAGNOSTIC, naming, threshold_text, uncertain_meaning
 from edge_app.web.live import LiveCamera, mjpeg_stream
 from edge_app.web.review import ReviewStore, counts, export_csv, export_zip, session_report
@@ -426,7 +427,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.debug:
         import waitress  # noqa: F401  fail before loading the model: hemato.cli names the extra to install
     camera = args.camera
-    if camera is not None and not camera.isdigit() and camera != "picamera" and not Path(camera).expanduser().exists():
+    if camera is not None and not is_camera(camera) and not Path(camera).expanduser().exists():
         # a camera may be plugged in later (the live view retries it); a file named wrongly will not appear
         print(f"hemato serve: --camera {camera}: no such file (give a camera index such as 0, picamera, or a video "
               "file)", file=sys.stderr)
