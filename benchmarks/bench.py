@@ -17,7 +17,7 @@ import benchmarks
 from benchmarks import report
 from benchmarks.latency import BenchError, run_isolated, summarise
 from benchmarks.machine import cpu_temperature_c, describe_machine, load_average
-from hemato.argtypes import positive_int
+from hemato.argtypes import output_file, output_folder, positive_int
 
 REFERENCE_RUNS = 200
 # The standard models (python -m benchmarks.reference_models) and XNNPACK's published latency of the
@@ -64,12 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of the standard MobileNetV2 models timed for the Raspberry Pi estimate "
                              "(default: benchmarks/reference; build them with python -m benchmarks.reference_models)")
     parser.add_argument("--no-reference", action="store_true", help="do not time the standard models")
-    parser.add_argument("--out-dir", type=Path, help="write NAME.md, NAME.json and NAME.png here "
+    parser.add_argument("--out-dir", type=output_folder, help="write NAME.md, NAME.json and NAME.png here "
                                                      "(e.g. benchmarks/results)")
     parser.add_argument("--name", default="bench", help="file name stem for --out-dir (default: bench)")
-    parser.add_argument("--json", type=Path, help="write the full result as JSON here")
-    parser.add_argument("--markdown", type=Path, help="write the Markdown report here (it is always printed)")
-    parser.add_argument("--plot", type=Path, help="write the accuracy-vs-latency PNG here (default: beside "
+    parser.add_argument("--json", type=output_file, help="write the full result as JSON here")
+    parser.add_argument("--markdown", type=output_file, help="write the Markdown report here (it is always printed)")
+    parser.add_argument("--plot", type=output_file, help="write the accuracy-vs-latency PNG here (default: beside "
                                                   "the JSON or Markdown file)")
     parser.add_argument("--no-plot", action="store_true", help="do not draw the PNG")
 

@@ -11,6 +11,7 @@ from convert.converter import IO_TYPES, VARIANTS, ConversionError, convert_run, 
 from convert.recalibrate import RecalibrationError
 from edge_app.core.metadata import ModelFileError
 from edge_app.core.vision import CropSettings
+from hemato.argtypes import output_file
 from network.model import ModelLoadError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is imported later; keep its INFO lines out
@@ -19,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is imported lat
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=Path, help="training run folder holding model.keras and metadata.json")
     parser.add_argument("--quant", choices=VARIANTS, default="float32", help="variant to write (default float32)")
-    parser.add_argument("--out", type=Path, help="output .tflite (default models/<run>_<quant>.tflite)")
+    parser.add_argument("--out", type=output_file, help="output .tflite (default models/<run>_<quant>.tflite)")
     parser.add_argument("--calib", type=Path, nargs="+",
                         help="one or more folders of real images (class folders or flat; one per laboratory): "
                              "int8's representative dataset, stratified by folder and class, and for int8 and "

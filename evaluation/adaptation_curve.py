@@ -30,6 +30,7 @@ from edge_app.core.head_probe import HeadProbe
 from edge_app.core.model import Classifier
 from edge_app.core.pipeline import classify_crop, decide, is_answered, is_unusual_crop
 from edge_app.core.vision import crop_statistics
+from hemato.argtypes import output_file
 
 
 def split_cells(split: Path, labels: list[str], source: str = "pbc", part: str = "val") -> list[tuple[Path, str]]:
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evaluation.adaptation_curve", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--split", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="the result as JSON (and a .md table beside it)")
+    parser.add_argument("--out", type=output_file, required=True, help="the result as JSON (and a .md table beside it)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--copies", type=int, default=DEFAULT_COPIES, help="augmented copies per cell")

@@ -22,6 +22,7 @@ import numpy as np
 
 from edge_app.core.dataset import images_in
 from edge_app.core.scale import estimate_rbc_diameter, image_diameters
+from hemato.argtypes import output_file
 
 FACTORS = (0.5, 2.0, 3.0)
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="resampling factors of the copies (default: 0.5 2 3; none: no copies)")
     parser.add_argument("--copies-every", type=int, default=10, metavar="N",
                         help="resample every Nth image with an estimate (default 10)")
-    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--json", type=output_file, help="also write the figures as JSON")
     args = parser.parse_args(argv)
     results = {}
     for folder in args.folders:

@@ -83,3 +83,17 @@ def test_serve_refuses_a_camera_file_that_does_not_exist(tmp_path, capsys):
     pytest.importorskip("flask")
     assert hemato(["serve", *NO_SERVER, "--camera", str(tmp_path / "missing.mp4")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_the_long_measurements_check_their_outputs_first(tmp_path, capsys):
+    afile = tmp_path / "a.txt"
+    afile.write_text("x")
+    assert "is a folder" in usage_error(["bench", "--no-data", "--json", str(tmp_path)], capsys)
+    assert "is a file, not a folder" in usage_error(["bench", "--no-data", "--out-dir", str(afile)], capsys)
+    from evaluation import adaptation_curve, red_cell_scale
+    with pytest.raises(SystemExit) as ended:
+        red_cell_scale.main([str(tmp_path), "--json", str(tmp_path)])
+    assert ended.value.code == 2 and "is a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as ended:
+        adaptation_curve.main(["--model", "m.tflite", "--split", "s.csv", "--out", str(afile / "c.json")])
+    assert ended.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from hemato.argtypes import output_folder
 from training.train import TrainConfig
 
 DEFAULTS = TrainConfig()
@@ -15,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", type=Path, nargs="+",
                         help="one or more datasets, one per laboratory: a folder of class folders (optionally TRAIN/ "
                              "and TEST/), or a CSV with filepath,label[,split][,group][,source]")
-    parser.add_argument("--out", type=Path, default=Path("runs/wbc"), help="output folder (default runs/wbc)")
+    parser.add_argument("--out", type=output_folder, default=Path("runs/wbc"), help="output folder (default runs/wbc)")
     parser.add_argument("--weights", default=DEFAULTS.weights,
                         help="backbone weights: imagenet (downloads), a local .h5 file, or none (default %(default)s)")
     parser.add_argument("--input-size", type=int, default=DEFAULTS.input_size, help="model input side in pixels (default %(default)s)")
