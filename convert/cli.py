@@ -23,11 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=output_file, help="output .tflite (default models/<run>_<quant>.tflite)")
     parser.add_argument("--calib", type=Path, nargs="+",
                         help="one or more folders of real images (class folders or flat; one per laboratory): "
-                             "int8's representative dataset, stratified by folder and class, and for int8 and "
-                             "dynamic the crops that measure bias correction (convert.bias_correction)")
+                             "int8's representative dataset, stratified by folder and class, for int8 and "
+                             "dynamic the crops that measure bias correction (convert.bias_correction), and for "
+                             "float16 the crops its pooled features are corrected on (convert.feature_correction)")
     parser.add_argument("--calib-count", type=int, default=300,
-                        help="int8: number of calibration crops, stratified by class (default 300)")
-    parser.add_argument("--seed", type=int, default=0, help="int8: seed of the calibration sample (default 0)")
+                        help="number of calibration crops, stratified by class (default 300)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration sample (default 0)")
     parser.add_argument("--io", choices=IO_TYPES, default=None,
                         help="int8: input tensor type (default uint8, the pipeline's pixel type)")
     parser.add_argument("--io-out", choices=IO_TYPES, default=None,
@@ -39,16 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the run's temperature and threshold; by default, when the run's splits.csv has "
                              "validation rows, they are refitted on this file's own outputs for them")
     parser.add_argument("--no-feature-correction", dest="feature_correction", action="store_false",
-                        help="int8 with --float-stem: do not correct the int8 backbone's per-channel error on the "
-                             "pooled features in the float head (fitted on the calibration crops)")
+                        help="int8 with --float-stem, and float16 with --calib: do not correct the backbone's "
+                             "per-channel error on the pooled features in the float head (fitted on the "
+                             "calibration crops)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Convert one run folder as the arguments say; returns the exit status."""
     out = args.out or Path("models") / f"{args.run.name}_{args.quant}.tflite"
-    if args.calib and args.quant not in ("int8", "dynamic"):
-        raise ConversionError("--calib applies only to --quant int8 (calibration and bias correction) "
-                              "and dynamic (bias correction)")
+    if args.calib and args.quant not in ("int8", "dynamic", "float16"):
+        raise ConversionError("--calib applies only to --quant int8 (calibration and bias correction), "
+                              "dynamic (bias correction) and float16 (feature correction)")
     if args.quant != "int8" and (args.io or args.io_out or args.float_stem):
         raise ConversionError("--io, --io-out and --float-stem apply only to --quant int8")
     if args.float_stem and (args.io or args.io_out):

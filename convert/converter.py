@@ -174,8 +174,9 @@ def convert_run(run_dir: Path, variant: str, out: Path, calibration: Calibration
                 refit_calibration: bool = True, feature_correction: bool = True) -> dict[str, Any]:
     """Convert a run folder to `out` and return the metadata written into the file.
 
-    int8 with a float stem also corrects the int8 backbone's per-channel error on the pooled features
-    in the float head (convert.feature_correction), unless feature_correction is False.
+    int8 with a float stem, and float16 given calibration crops, also correct the backbone's per-channel
+    error on the pooled features in the float head (convert.feature_correction), unless
+    feature_correction is False: float16's rounding moves whole channels as int8's does, if less.
 
     With refit_calibration and a run whose splits.csv has validation rows, the file's temperature and
     threshold are refitted on its own outputs (convert.recalibrate); the run's stay in the metadata.
@@ -198,17 +199,18 @@ def convert_run(run_dir: Path, variant: str, out: Path, calibration: Calibration
     model = with_rotation_views(model, views)
     data = convert_model(model, variant, meta["input_size"], calibration, io_input, io_output, float_stem)
     corrected_channels = 0
-    if float_stem and feature_correction and calibration is not None and head is not None:
-        # the float32 reference from a fresh copy: correct_for_int8 has changed this model's backbone
+    corrects_features = float_stem or variant == "float16"
+    if corrects_features and feature_correction and calibration is not None and head is not None:
+        # the float32 reference from a fresh copy: correct_for_int8 may have changed this model's backbone
         reference = convert_model(with_rotation_views(load_keras(run_dir, meta), views), "float32", meta["input_size"])
         gain, offset = fit_channel_lines(head_inputs(data, calibration.crops), head_inputs(reference, calibration.crops))
         head.set_weights(list(fold_affine_input(*head.get_weights(), gain, offset)))
-        # the same int8 backbone: only the float head changed
+        # the same backbone: only the float head changed
         data = convert_model(model, variant, meta["input_size"], calibration, io_input, io_output, float_stem)
         corrected_channels = len(gain)
     io = {"input": "float32", "output": "float32"} if float_stem else io_types(variant, io_input, io_output)
     written = tflite_metadata(meta, variant, io, file_sha256(run_dir / "model.keras"),
-                              calibration if variant == "int8" else None)
+                              calibration if variant == "int8" or corrected_channels else None)
     if float_stem:
         written["float_layers"] = list(FLOAT_STEM_LAYERS)
         written["float_ops"] = list(FLOAT_HEAD_OPS)
@@ -216,7 +218,7 @@ def convert_run(run_dir: Path, variant: str, out: Path, calibration: Calibration
         written["bias_corrected_layers"] = corrected
     if corrected_channels:
         written["feature_correction"] = {"channels": corrected_channels, "crops": len(calibration.crops),
-                                         "fitted": "int8 -> float32 pooled features, per channel"}
+                                         "fitted": f"{variant} -> float32 pooled features, per channel"}
     if folded is not None:
         written["input_scaling"] = "folded into the first convolution"
     out.parent.mkdir(parents=True, exist_ok=True)
