@@ -51,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if args.calib and args.quant not in ("int8", "dynamic", "float16"):
         raise ConversionError("--calib applies only to --quant int8 (calibration and bias correction), "
                               "dynamic (bias correction) and float16 (feature correction)")
+    if args.calib and args.quant == "float16" and not args.feature_correction:
+        raise ConversionError("float16 uses --calib only for its feature correction: drop --calib or "
+                              "--no-feature-correction")
     if args.quant != "int8" and (args.io or args.io_out or args.float_stem):
         raise ConversionError("--io, --io-out and --float-stem apply only to --quant int8")
     if args.float_stem and (args.io or args.io_out):

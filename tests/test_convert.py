@@ -124,12 +124,15 @@ def test_calibration_folder_without_cells_is_an_error(tmp_path, tmp_path_factory
     assert "no usable calibration image" in err and str(blank) in err
 
 
-@pytest.mark.parametrize("problem", ["no model.keras", "int8 without --calib", "--io on float32"])
+@pytest.mark.parametrize("problem", ["no model.keras", "int8 without --calib", "--io on float32",
+                                     "float16 --calib without its correction"])
 def test_run_folder_and_option_errors(problem, tmp_path, tmp_path_factory, capsys):
     run = assets(tmp_path_factory)["run"]
     args = {"no model.keras": [str(tmp_path), "--quant", "float32"],
             "int8 without --calib": [str(run), "--quant", "int8"],
-            "--io on float32": [str(run), "--quant", "float32", "--io", "int8"]}[problem]
+            "--io on float32": [str(run), "--quant", "float32", "--io", "int8"],
+            "float16 --calib without its correction": [str(run), "--quant", "float16", "--calib", str(tmp_path),
+                                                       "--no-feature-correction"]}[problem]
     if problem == "no model.keras":
         (tmp_path / "metadata.json").write_text((run / "metadata.json").read_text())
     assert hemato(["convert", *args, "--out", str(tmp_path / "m.tflite")]) == 2
