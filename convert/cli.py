@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "dynamic the crops that measure bias correction (convert.bias_correction), and for "
                              "float16 the crops its pooled features are corrected on (convert.feature_correction)")
     parser.add_argument("--calib-count", type=int, default=300,
-                        help="number of calibration crops, stratified by class (default 300)")
+                        help="number of calibration crops, stratified by folder and class (default 300)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration sample (default 0)")
     parser.add_argument("--io", choices=IO_TYPES, default=None,
                         help="int8: input tensor type (default uint8, the pipeline's pixel type)")
