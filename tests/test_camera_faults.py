@@ -104,6 +104,17 @@ def test_a_camera_that_dies_ends_the_run_with_status_1_and_keeps_the_rows(tmp_pa
                        f"reopened 2 times with backoff); the results so far are in {out}")
 
 
+def test_a_camera_that_never_opens_gives_the_error_alone(tmp_path, tiny_tflite, monkeypatch, capsys):
+    monkeypatch.setattr(run_module, "open_source", functools.partial(
+        open_source, camera_opener=ScriptedCamera([]), backoff_s=0, retry_wait_s=0))
+    status = hemato(["run", "7", "--model", str(tiny_tflite), "--csv", str(tmp_path / "cam.csv"), "--headless",
+                     "--reopen", "1"])
+    assert status == 1
+    captured = capsys.readouterr()
+    assert "Differential count" not in captured.out and "Results:" not in captured.out  # no empty summary
+    assert captured.err.strip().splitlines()[-1].endswith("; no frame was read")
+
+
 def test_no_retries_and_no_reopening_give_up_at_the_first_failure():
     camera = Camera("0", ScriptedCamera(["ffxfff"]), read_retries=0, reopen_attempts=0, stop=RecordingStop())
     frames, _ = frames_until_lost(camera)

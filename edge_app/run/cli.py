@@ -349,8 +349,11 @@ def main(args: argparse.Namespace) -> int:
             whole, other_rows = csv_counts(writer.path, classifier.labels, source.owns)
         except (OSError, ValueError) as exc:
             print(f"hemato run: cannot read {writer.path} back for its differential: {exc}", file=sys.stderr)
-    print(stats.format(whole, earlier_rows or 0, str(writer.path), other_rows))
-    print(f"Results: {writer.path}")
+    # a source lost before its first frame (a camera that never opened) has no summary to give, only the error
+    nothing_read = ended_by_fault and not stats.images and not stats.failed and not earlier_rows
+    if not nothing_read:
+        print(stats.format(whole, earlier_rows or 0, str(writer.path), other_rows))
+        print(f"Results: {writer.path}")
     if args.json_summary:
         try:
             extra = {"model": str(classifier.path), "runtime": classifier.runtime, "threads": classifier.threads,
@@ -363,7 +366,8 @@ def main(args: argparse.Namespace) -> int:
         except OSError as exc:
             status = status or _error(f"cannot write {args.json_summary}: {exc.strerror or exc}")
     if ended_by_fault:
-        print(f"hemato run: error: {stats.stopped}; the results so far are in {writer.path}", file=sys.stderr)
+        print(f"hemato run: error: {stats.stopped}; "
+              + ("no frame was read" if nothing_read else f"the results so far are in {writer.path}"), file=sys.stderr)
     elif status in (128 + signal.SIGINT, 128 + signal.SIGTERM) and not source.live and not args.watch:
         print(f"hemato run: the same command again goes on where this one stopped ({writer.path} is resumed)",
               file=sys.stderr)
