@@ -350,7 +350,7 @@ def main(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"hemato run: cannot read {writer.path} back for its differential: {exc}", file=sys.stderr)
     # a source lost before its first frame (a camera that never opened) has no summary to give, only the error
-    nothing_read = ended_by_fault and not stats.images and not stats.failed and not earlier_rows
+    nothing_read = status == EXIT_SOURCE_LOST and not stats.images and not stats.failed and not earlier_rows
     if not nothing_read:
         print(stats.format(whole, earlier_rows or 0, str(writer.path), other_rows))
         print(f"Results: {writer.path}")
