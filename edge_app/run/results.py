@@ -222,15 +222,12 @@ class RunStats:
         lines = [f"Images read: {self.images + failed}  ({failed} failed, {self.no_cell} with no cell found)",
                  f"Cells classified: {self.classified}"]
         if whole is not None:
-            if other_rows:
-                lines.append(f"{csv_name or 'The CSV'} was resumed: {earlier_rows} of its rows are from earlier runs, "
-                             f"{other_rows} of them of other images, which are not counted; the differential below "
-                             f"is of this source's rows in it ({whole.classified} cells)")
-                lines += whole.differential_lines("Differential count of this source in the CSV")
-            else:
-                lines.append(f"{csv_name or 'The CSV'} was resumed: {earlier_rows} of its rows are from earlier "
-                             f"runs; the differential below is of the whole CSV ({whole.classified} cells)")
-                lines += whole.differential_lines("Differential count of the whole CSV")
+            others = f", {other_rows} of them of other images, which are not counted" if other_rows else ""
+            rows, title = (("this source's rows in it", "this source in the CSV") if other_rows
+                           else ("the whole CSV", "the whole CSV"))
+            lines.append(f"{csv_name or 'The CSV'} was resumed: {earlier_rows} of its rows are from earlier runs"
+                         f"{others}; the differential below is of {rows} ({whole.classified} cells)")
+            lines += whole.differential_lines(f"Differential count of {title}")
         else:
             lines += self.differential_lines()
         counted = whole or self
