@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_app.core.metadata import ModelFileError, read_model_metadata
+from edge_app.core.model import stored_calibration
 from edge_app.core.model_path import MODEL_HELP, find_model
 from edge_app.core.ood import ColourGuard
 from edge_app.core.wording import naming, threshold_text
@@ -68,7 +69,7 @@ def describe(path: Path, meta: dict[str, Any]) -> list[str]:
                         if crop.get("reference_short_side") else ""))
     else:
         lines.append("Scale: none stored: crops are relative to the nucleus")
-    threshold = float(meta.get("min_confidence") or 0.0)
+    _, threshold = stored_calibration(meta)
     lines.append(f"Threshold: {threshold_text(threshold)}: a cell whose calibrated confidence is below it is "
                  "answered UNCERTAIN" if threshold else "Threshold: none: every cell is answered")
     lines.append(f"Calibration: temperature {meta.get('temperature', 1.0)} (probabilities are softmax(logits / T))")

@@ -65,14 +65,15 @@ def feature_outcomes(meta: dict[str, Any], data: bytes, x: np.ndarray, stats: np
     """(top-1 correct, answered) from the cells' head features and colour statistics and the adapted file's
     head, temperature, threshold and guard: the file's answers without running its backbone again (the
     features come from the builtin kernels, XNNPACK rounds int8 a little differently)."""
-    from edge_app.core.model import softmax
+    from edge_app.core.model import softmax, stored_calibration
     from edge_app.core.ood import ColourGuard
     from edge_app.core.tflite_file import read_dense_head
     w, b = read_dense_head(data)
-    probs = softmax(x @ w.T + b, float(meta["temperature"]))
+    temperature, threshold = stored_calibration(meta)  # as the Classifier reads them
+    probs = softmax(x @ w.T + b, temperature)
     guard = ColourGuard.from_dict(meta.get("ood"))
     usual = np.ones(len(y), bool) if guard is None else guard.distance(stats) <= 1.0
-    answered = usual & is_answered(probs.max(axis=1), float(meta.get("min_confidence") or 0.0))
+    answered = usual & is_answered(probs.max(axis=1), threshold)
     return probs.argmax(axis=1) == y, answered
 
 
